@@ -1,0 +1,274 @@
+"""Every setting, as pydantic models; the only place defaults live.
+
+Layers, lowest to highest: defaults < TOML file < environment (``BRAINHARMONIC_``
+prefix, ``__`` between levels, e.g. ``BRAINHARMONIC_MUSIC__TEMPO=90``) < command line.
+Unknown keys are rejected so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "BRAINHARMONIC_"
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+
+Hz = Annotated[float, Field(gt=0, le=100_000)]
+Seconds = Annotated[float, Field(ge=0, le=86_400)]
+MidiNote = Annotated[int, Field(ge=0, le=127)]
+MidiChannel = Annotated[int, Field(ge=0, le=15)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StreamSettings(_Section):
+    """Which LSL stream to read and how to keep reading it."""
+
+    name: str | None = Field(None, description="LSL stream name to select.")
+    type: str | None = Field(None, description="LSL stream type to select (e.g. 'EEG').")
+    source_id: str | None = Field(None, description="LSL source_id to select (most specific).")
+    timeout: Annotated[float, Field(gt=0, le=600)] = Field(10.0, description="Seconds to wait for the stream.")
+    lost_after: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, description="Seconds without samples after which the stream counts as lost."
+    )
+    reconnect: bool = Field(True, description="Reconnect by itself when a lost stream returns.")
+
+
+class BandSettings(_Section):
+    """Frequency bands (Hz) whose power drives the music."""
+
+    theta: tuple[Hz, Hz] = (4.0, 8.0)
+    alpha: tuple[Hz, Hz] = (8.0, 13.0)
+    beta: tuple[Hz, Hz] = (13.0, 30.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BandSettings:
+        for name in ("theta", "alpha", "beta"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"band {name} must be (low, high) with low < high, got ({lo}, {hi})")
+        return self
+
+    def as_dict(self) -> dict[str, tuple[float, float]]:
+        return {"theta": self.theta, "alpha": self.alpha, "beta": self.beta}
+
+
+class SignalSettings(_Section):
+    """Windowing, filtering, reference, baseline and channel checks."""
+
+    window: Annotated[float, Field(gt=0, le=120)] = Field(2.0, description="Window length in seconds.")
+    hop: Annotated[float, Field(gt=0, le=60)] = Field(0.25, description="Seconds between window starts.")
+    bandpass: tuple[float, float] | None = Field(
+        (1.0, 40.0), description="Causal band-pass (low, high) in Hz; high is capped below Nyquist; none to disable."
+    )
+    notch: Annotated[float, Field(ge=0, le=1000)] = Field(50.0, description="Mains notch in Hz (0 disables).")
+    reference: Literal["none", "average"] | list[str] = Field(
+        "none", description="'none', 'average', or a list of channel names whose mean is subtracted."
+    )
+    baseline: Seconds = Field(20.0, description="Calibration period at the start (s) for normalisation.")
+    adapt: Seconds = Field(
+        0.0,
+        description="Time constant (s) with which the baseline keeps adapting after calibration; 0 freezes it.",
+    )
+    z_clip: Annotated[float, Field(gt=0, le=100)] = Field(4.0, description="Normalised values are clipped to +-this.")
+    flat_ratio: Annotated[float, Field(gt=0, lt=1)] = Field(
+        1e-3, description="A channel whose std is below this fraction of the median channel std is flat."
+    )
+    rail_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.2, description="A channel with this fraction of samples stuck at one extreme value is railing."
+    )
+    groups: dict[str, list[str]] | None = Field(
+        None, description="Channel groups by name, overriding the scalp-region grouping."
+    )
+    fallback_groups: Annotated[int, Field(ge=1, le=16)] = Field(
+        4, description="Number of even groups when channel names are not 10-20/10-10 names."
+    )
+
+    @field_validator("bandpass")
+    @classmethod
+    def _bandpass_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] < v[1]:
+            raise ValueError(f"bandpass must be (low, high) with 0 < low < high, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> SignalSettings:
+        if self.hop > self.window:
+            raise ValueError(f"hop ({self.hop} s) must not exceed window ({self.window} s)")
+        return self
+
+
+class InstrumentSettings(_Section):
+    """One instrument, driven by one channel group."""
+
+    program: Annotated[int, Field(ge=0, le=127)] = Field(0, description="General MIDI program (0-based).")
+    channel: MidiChannel = Field(0, description="MIDI channel (0-based; 9 is GM percussion).")
+    low: MidiNote = Field(48, description="Lowest note of the register.")
+    high: MidiNote = Field(84, description="Highest note of the register.")
+    velocity: tuple[Annotated[int, Field(ge=1, le=127)], Annotated[int, Field(ge=1, le=127)]] = (40, 100)
+    role: Literal["bass", "harmony", "melody", "texture", "percussion"] = "melody"
+    muted: bool = False
+
+    @model_validator(mode="after")
+    def _ranges(self) -> InstrumentSettings:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be above high ({self.high})")
+        if self.velocity[0] > self.velocity[1]:
+            raise ValueError(f"velocity must be (min, max) with min <= max, got {self.velocity}")
+        return self
+
+
+class MusicSettings(_Section):
+    """Tempo, key, scale and the instruments."""
+
+    mode: Literal["classic", "learned"] = Field("classic", description="classic (band powers) or learned (models).")
+    tempo: Annotated[float, Field(ge=20, le=300)] = Field(96.0, description="Beats per minute.")
+    key: Literal["C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B"] = "D"
+    scale: Literal["major", "minor", "dorian", "mixolydian", "pentatonic", "minor_pentatonic", "blues"] = "dorian"
+    steps_per_beat: Annotated[int, Field(ge=1, le=8)] = Field(4, description="Grid resolution (4 = sixteenths).")
+    lookahead: Annotated[float, Field(ge=0, le=5)] = Field(
+        0.15, description="Seconds between a window's end and the first note it may schedule."
+    )
+    seed: int = Field(0, description="Seed of every random choice (same seed and input => same notes).")
+    max_polyphony: Annotated[int, Field(ge=1, le=64)] = Field(6, description="Most notes sounding at once.")
+    instruments: dict[str, InstrumentSettings] = Field(
+        default_factory=dict, description="Instrument per channel-group name; groups not listed get defaults."
+    )
+
+
+class OutputSettings(_Section):
+    """Where notes go."""
+
+    midi_port: str | None = Field(None, description="Name (or unique substring) of an existing MIDI output port.")
+    virtual_port: str | None = Field(
+        "brainharmonic", description="Name of a virtual MIDI port to open when no midi_port is given; none to skip."
+    )
+    midi_api: Literal["auto", "jack", "alsa", "coremidi", "winmm"] = "auto"
+    soundfont: Path = Field(Path(DEFAULT_SOUNDFONT), description="GM SoundFont for WAV rendering.")
+    sample_rate: Annotated[int, Field(ge=8000, le=192_000)] = 44100
+
+
+class RecordSettings(_Section):
+    """Session recording."""
+
+    dir: Path | None = Field(None, description="Folder under which each run writes a session folder.")
+    flush_interval: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.25, description="Seconds between flushes to disk (at most this much is lost on a crash)."
+    )
+
+
+class Settings(BaseSettings):
+    """All settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    signal: SignalSettings = Field(default_factory=SignalSettings)
+    bands: BandSettings = Field(default_factory=BandSettings)
+    music: MusicSettings = Field(default_factory=MusicSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    record: RecordSettings = Field(default_factory=RecordSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: command line, then environment, then the TOML file, then defaults.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _describe(err: dict[str, Any], config_file: Path | None) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    env = ENV_PREFIX + "__".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)).upper()
+    where = f"{config_file}, " if config_file else ""
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        return f"Unknown setting '{loc}'; remove it from {where or 'the configuration'}(see `brainharmonic config --show` for valid keys)."
+    return f"Invalid setting '{loc}'{shown}: {msg}. Fix it in {where}${env} or the command line."
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Resolve settings from all layers; raise :class:`ConfigError` naming the bad field.
+
+    ``overrides`` are nested dicts from the command line, e.g. ``music={"tempo": 90}``.
+    """
+    path = Path(config_file) if config_file is not None else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist; pass an existing TOML file to --config.")
+        try:
+            with path.open("rb") as fh:
+                tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Config file {path} is not valid TOML ({exc}); fix the syntax.") from None
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return Settings.model_validate(_FromFile(**overrides).model_dump())
+    except ValidationError as exc:
+        raise ConfigError(" ".join(_describe(e, path) for e in exc.errors())) from None
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """Render resolved settings as TOML (for `config --show` and session folders)."""
+    return _toml_dump(settings.model_dump(mode="json"))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def _toml_dump(data: dict[str, Any], prefix: str = "") -> str:
+    scalars, tables = [], []
+    for k, v in data.items():
+        key = k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+        if isinstance(v, dict):
+            tables.append((key, v))
+        elif v is None:
+            scalars.append(f"# {key} = (not set)")
+        else:
+            scalars.append(f"{key} = {_toml_value(v)}")
+    out = []
+    if scalars:
+        if prefix:
+            out.append(f"[{prefix}]")
+        out.extend(scalars)
+        out.append("")
+    for key, v in tables:
+        out.append(_toml_dump(v, f"{prefix}.{key}" if prefix else key))
+    return "\n".join(out)

@@ -1,0 +1,153 @@
+"""The small immutable records that flow between stages.
+
+Each validates itself on construction so a malformed value fails where it is made,
+not three stages later. Arrays are not copied (the producer hands ownership over);
+treat them as read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class SignalInfo:
+    """What a source delivers: fixed for the life of a connection.
+
+    ``sfreq`` in Hz; ``ch_names`` one per channel; ``units`` a free text such as
+    ``"V"`` or ``"uV"`` (only used for reporting).
+    """
+
+    name: str
+    sfreq: float
+    ch_names: tuple[str, ...]
+    stype: str = "EEG"
+    source_id: str = ""
+    units: str = "V"
+
+    def __post_init__(self) -> None:
+        if not (self.sfreq > 0 and np.isfinite(self.sfreq)):
+            raise ValueError(f"sfreq must be a positive number of Hz, got {self.sfreq!r}")
+        if len(self.ch_names) == 0:
+            raise ValueError(f"stream {self.name!r} has no channels")
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.ch_names)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A block of samples as received.
+
+    data : array of shape (n_channels, n_samples), float64
+    timestamps : array of shape (n_samples,), seconds on the source clock
+        (LSL clock for live streams, seconds from file start for files).
+    """
+
+    data: np.ndarray
+    timestamps: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 2:
+            raise ValueError(f"Chunk.data must be 2-D (n_channels, n_samples), got shape {self.data.shape}")
+        if self.timestamps.shape != (self.data.shape[1],):
+            raise ValueError(
+                f"Chunk.timestamps must have shape ({self.data.shape[1]},), got {self.timestamps.shape}"
+            )
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.data.shape[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A preprocessed sliding window.
+
+    data : array of shape (n_channels, n_samples), filtered and re-referenced.
+    t_end : session time (s since the first sample) of the window's last sample.
+    stamp : source-clock timestamp of the last sample (for latency measurement).
+    bad : indices of channels excluded from this window, with a reason each.
+    """
+
+    index: int
+    data: np.ndarray
+    t_end: float
+    stamp: float
+    bad: tuple[tuple[int, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 2:
+            raise ValueError(f"Window.data must be 2-D, got shape {self.data.shape}")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """Brain state of one channel group (one instrument).
+
+    power : log10 band power per band name (raw, before normalisation).
+    z : band powers normalised against the baseline (robust z-scores, clipped).
+    latent : learned latent for the group, when an encoder is loaded.
+    """
+
+    name: str
+    power: dict[str, float]
+    z: dict[str, float]
+    n_good: int
+    latent: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrainState:
+    """What the brain stage says about one window."""
+
+    index: int
+    t_end: float
+    stamp: float
+    groups: tuple[GroupState, ...]
+    calibrating: bool
+    bad: tuple[tuple[str, str], ...] = ()
+    token: int | None = None
+    latent: np.ndarray | None = None
+
+    def group(self, name: str) -> GroupState:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    @property
+    def z_mean(self) -> dict[str, float]:
+        """Band z-scores averaged over groups (the global state)."""
+        if not self.groups:
+            return {}
+        keys = self.groups[0].z.keys()
+        return {k: float(np.mean([g.z[k] for g in self.groups])) for k in keys}
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A note to play. ``time`` and ``duration`` in seconds of session (music) time."""
+
+    time: float
+    duration: float
+    pitch: int
+    velocity: int
+    channel: int
+    instrument: str = ""
+    extra: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pitch <= 127:
+            raise ValueError(f"Note.pitch must be 0..127, got {self.pitch}")
+        if not 1 <= self.velocity <= 127:
+            raise ValueError(f"Note.velocity must be 1..127, got {self.velocity}")
+        if not 0 <= self.channel <= 15:
+            raise ValueError(f"Note.channel must be 0..15, got {self.channel}")
+        if not self.duration > 0:
+            raise ValueError(f"Note.duration must be > 0 s, got {self.duration}")
+        if not self.time >= 0:
+            raise ValueError(f"Note.time must be >= 0 s, got {self.time}")
