@@ -1,0 +1,74 @@
+"""Shared fixtures: real parts only (LSL on loopback, JACK dummy server, real data).
+
+The LSL configuration must be in place before liblsl loads, so it is written at import.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_LSL_DIR = Path(tempfile.mkdtemp(prefix="bh-lsl-"))
+(_LSL_DIR / "lsl_api.cfg").write_text(
+    f"[multicast]\nResolveScope = machine\n\n[lab]\nSessionID = bh-test-{uuid.uuid4().hex[:12]}\n"
+)
+os.environ["LSLAPICFG"] = str(_LSL_DIR / "lsl_api.cfg")
+os.environ.setdefault("MNE_LSL_LOG_LEVEL", "WARNING")
+os.environ["JACK_NO_START_SERVER"] = "1"  # never let a client autostart a server behind our back
+
+
+@pytest.fixture(scope="session")
+def eegmat_dir() -> Path:
+    """The eegmat recording folder, found through the same lookup as `brainharmonic demo`."""
+    from brainharmonic_rt.datasets import find_eegmat
+
+    return find_eegmat(download=not os.environ.get("BRAINHARMONIC_NO_DOWNLOAD"))
+
+
+@pytest.fixture
+def source_id() -> str:
+    """A unique LSL source_id per test, so tests never see each other's streams."""
+    return f"bh-{uuid.uuid4().hex[:12]}"
+
+
+def _jack_running() -> bool:
+    return subprocess.run(["jack_lsp"], capture_output=True, timeout=10).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def jack_server() -> Iterator[None]:
+    """A real JACK server with the dummy driver (no sound card needed)."""
+    if shutil.which("jackd") is None:
+        pytest.fail("jackd is not installed; run `sudo scripts/install-system-deps.sh` first.")
+    if _jack_running():
+        yield
+        return
+    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
+    proc = subprocess.Popen(
+        ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "64"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 10
+    while not _jack_running():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("jackd (dummy driver) did not start within 10 s.")
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
