@@ -1,0 +1,328 @@
+"""Wires the stages: source → signal → brain → music → sinks, for live runs and offline renders.
+
+One code path: :class:`Engine` turns chunks into windows, brain states and notes the same
+way whether the samples come from a live LSL stream (wall clock) or a file (virtual clock,
+as fast as the CPU allows). Only the source and the scheduler's clock differ.
+
+Live runs use two tasks joined by a small drop-oldest queue of windows, so a slow
+composing step can never stall the EEG reader (whose samples are always recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import InstrumentSettings, Settings
+from .errors import ModelError, StreamLostError
+from .events import BrainState, Chunk, Note, SignalInfo, Window
+from .music.clock import Scheduler
+from .recording import SessionRecorder
+from .sinks.base import Sink
+from .sources.base import Source
+
+log = logging.getLogger("brainharmonic")
+
+StateListener = Callable[[BrainState, list[Note]], None]
+
+
+class Engine:
+    """Chunks in, (brain state, notes) out; owns every stateful stage between source and scheduler."""
+
+    def __init__(self, info: SignalInfo, settings: Settings) -> None:
+        from .brain.classic import ClassicBrain
+        from .music.classic import ClassicComposer
+        from .music.ensemble import resolve_instruments
+        from .signal import SignalChain
+
+        if settings.music.mode == "learned":
+            raise ModelError(
+                "Learned mode needs models/encoder.onnx and models/generator.onnx, which are not in this release yet; "
+                "use --mode classic (the default)."
+            )
+        self.info = info
+        self.settings = settings
+        self.chain = SignalChain(info, settings.signal)
+        self.brain = ClassicBrain(info, settings.signal, settings.bands)
+        self.instruments: dict[str, InstrumentSettings] = resolve_instruments(list(self.brain.groups), settings.music)
+        self.composer = ClassicComposer(self.instruments, settings.music)
+        self._composed_until: float | None = None
+
+    def windows(self, chunk: Chunk) -> list[Window]:
+        return self.chain.push(chunk)
+
+    def compose(self, window: Window) -> tuple[BrainState, list[Note]]:
+        """Brain state for one window and the notes for the music span it opens.
+
+        The span is [previous end, window end + lookahead); after a gap (dropped windows,
+        a lost stream) it never reaches back more than one hop, so no burst of late notes.
+        """
+        state = self.brain.process(window)
+        end = window.t_end + self.settings.music.lookahead
+        start = end - self.settings.signal.hop
+        if self._composed_until is not None:
+            start = max(start, self._composed_until)
+        notes = self.composer.compose(state, start, end) if end > start else []
+        self._composed_until = max(end, self._composed_until or end)
+        return state, notes
+
+    def reset_signal(self) -> None:
+        """After a reconnect: filters and window ring start afresh; session time continues."""
+        self.chain.reset()
+
+
+class WindowQueue:
+    """Bounded hand-off between reader and composer: drops the oldest window, never blocks the reader."""
+
+    def __init__(self, maxsize: int = 4) -> None:
+        self._items: collections.deque[Window | None] = collections.deque()
+        self._maxsize = maxsize
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, item: Window | None) -> None:
+        if item is not None and len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> Window | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class RunStats:
+    """What a run did, for telemetry, logs and the CLI summary."""
+
+    windows: int = 0
+    notes: int = 0
+    stream_losses: int = 0
+    reconnects: int = 0
+    latencies_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10_000))
+    stopped_by: str = ""
+
+    def latency_summary(self) -> dict[str, float]:
+        if not self.latencies_ms:
+            return {}
+        a = np.asarray(self.latencies_ms)
+        return {"p50_ms": float(np.median(a)), "p99_ms": float(np.percentile(a, 99)), "n": float(a.size)}
+
+
+@dataclass
+class RenderResult:
+    """Everything an offline render produced (kept in memory: renders are bounded by their input)."""
+
+    notes: list[Note]
+    states: list[BrainState]
+    instruments: dict[str, InstrumentSettings]
+    info: SignalInfo
+    seconds: float
+
+
+def _open_sinks(sinks: Sequence[Sink], engine: Engine) -> None:
+    for sink in sinks:
+        sink.open(engine.instruments, engine.settings.music.tempo)
+
+
+async def render(
+    settings: Settings,
+    source: Source,
+    sinks: Sequence[Sink] = (),
+    *,
+    recorder_root: Any = None,
+    listeners: Sequence[StateListener] = (),
+) -> RenderResult:
+    """Run the whole pipeline on an offline source against a virtual clock; deterministic for a seed."""
+    states: list[BrainState] = []
+    notes_all: list[Note] = []
+    async with source:
+        engine = Engine(source.info, settings)
+        _open_sinks(sinks, engine)
+        last_t = 0.0
+        async with Scheduler(sinks, realtime=False) as scheduler:
+            async for chunk in source.chunks():
+                for window in engine.windows(chunk):
+                    state, notes = engine.compose(window)
+                    states.append(state)
+                    notes_all.extend(notes)
+                    scheduler.schedule(notes)
+                    scheduler.advance(window.t_end)
+                    for listener in listeners:
+                        listener(state, notes)
+                if chunk.n_samples:
+                    last_t = float(chunk.timestamps[-1])
+            await scheduler.drain()
+        for sink in sinks:
+            sink.close()
+    return RenderResult(notes_all, states, engine.instruments, source.info, last_t)
+
+
+class LivePipeline:
+    """A live run: reads a realtime source until stopped, plays notes on time, records the session.
+
+    Every way out (end of input, stop event from Ctrl-C/SIGTERM, error, stream loss)
+    leaves the synth silent: the scheduler's exit sends all-notes-off on every channel used.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        sinks: Sequence[Sink],
+        *,
+        record_root: Any = None,
+        duration: float | None = None,
+        listeners: Sequence[StateListener] = (),
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.sinks = list(sinks)
+        self.record_root = record_root
+        self.duration = duration
+        self.listeners = list(listeners)
+        self.stats = RunStats()
+        self.stop_event: asyncio.Event | None = None
+        self.recorder: SessionRecorder | None = None
+        self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
+        self._queue: WindowQueue | None = None
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the run to end (thread-safe only via loop.call_soon_threadsafe)."""
+        if self.stop_event is not None and not self.stop_event.is_set():
+            self.stats.stopped_by = reason
+            self.stop_event.set()
+
+    async def run(self) -> RunStats:
+        self.stop_event = asyncio.Event()
+        self._queue = WindowQueue()
+        async with self.source:
+            engine = self.engine = Engine(self.source.info, self.settings)
+            _open_sinks(self.sinks, engine)
+            recorder = None
+            if self.record_root is not None:
+                recorder = self.recorder = SessionRecorder(self.record_root, self.settings, self.source.info)
+                recorder.__enter__()
+                log.info("recording session to %s", recorder.folder)
+            try:
+                async with Scheduler(self.sinks, realtime=True) as scheduler:
+                    self.scheduler = scheduler
+                    await self._supervise(engine, scheduler)
+                    if self.stats.stopped_by == "end of input":
+                        await scheduler.drain()
+            finally:
+                for sink in self.sinks:
+                    sink.close()
+                if recorder is not None:
+                    recorder.event("stopped", reason=self.stats.stopped_by)
+                    recorder.close()
+        return self.stats
+
+    async def _supervise(self, engine: Engine, scheduler: Scheduler) -> None:
+        assert self.stop_event is not None
+        tasks = {
+            asyncio.create_task(self._read(engine, scheduler), name="reader"),
+            asyncio.create_task(self._compose(engine, scheduler), name="composer"),
+            asyncio.create_task(self.stop_event.wait(), name="stop"),
+        }
+        if self.duration is not None:
+            tasks.add(asyncio.create_task(self._timer(self.duration), name="timer"))
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            reader = next(t for t in tasks if t.get_name() == "reader")
+            if reader in done and reader.exception() is None:
+                # End of input: let the composer finish the queued windows first.
+                composer = next(t for t in tasks if t.get_name() == "composer")
+                await composer
+                self.stats.stopped_by = self.stats.stopped_by or "end of input"
+        finally:
+            for t in tasks:
+                t.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                self.stats.stopped_by = self.stats.stopped_by or f"error: {r}"
+                raise r
+
+    async def _timer(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.stop(f"duration {seconds:g} s reached")
+
+    async def _read(self, engine: Engine, scheduler: Scheduler) -> None:
+        assert self._queue is not None
+        origin_set = False
+        while True:
+            try:
+                async for chunk in self.source.chunks():
+                    if not origin_set and chunk.n_samples:
+                        # LSL timestamps are on the local monotonic clock: music time 0 is the first sample.
+                        scheduler.set_origin(float(chunk.timestamps[0]))
+                        origin_set = True
+                    if self.recorder is not None:
+                        self.recorder.write_chunk(chunk)
+                    for window in engine.windows(chunk):
+                        self._queue.put(window)
+                break
+            except StreamLostError as exc:
+                self.stats.stream_losses += 1
+                scheduler.panic()
+                log.warning("%s All notes off; waiting for the stream to come back.", exc)
+                if self.recorder is not None:
+                    self.recorder.event("stream_lost", message=str(exc))
+                reconnect = getattr(self.source, "reconnect", None)
+                if not self.settings.stream.reconnect or reconnect is None:
+                    raise
+                await reconnect()
+                engine.reset_signal()
+                self.stats.reconnects += 1
+                log.warning("Stream %s is back; music resumes.", self.source.info.name)
+                if self.recorder is not None:
+                    self.recorder.event("stream_back")
+        self._queue.put(None)
+
+    async def _compose(self, engine: Engine, scheduler: Scheduler) -> None:
+        assert self._queue is not None
+        while (window := await self._queue.get()) is not None:
+            state, notes = engine.compose(window)
+            scheduler.schedule(notes)
+            self.stats.latencies_ms.append((time.monotonic() - window.stamp) * 1e3)
+            self.stats.windows += 1
+            self.stats.notes += len(notes)
+            if self.recorder is not None:
+                self.recorder.write_state(state)
+                self.recorder.write_notes(notes)
+            for listener in self.listeners:
+                listener(state, notes)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Health figures for logs and telemetry."""
+        out: dict[str, Any] = {
+            "windows": self.stats.windows,
+            "notes": self.stats.notes,
+            "stream_losses": self.stats.stream_losses,
+            "reconnects": self.stats.reconnects,
+            "queue_depth": self._queue.depth if self._queue else 0,
+            "windows_dropped": self._queue.dropped if self._queue else 0,
+            "latency": self.stats.latency_summary(),
+        }
+        stats = getattr(self.source, "stats", None)
+        if callable(stats):
+            out["source"] = stats()
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler.stats()
+        return out

@@ -1,0 +1,225 @@
+"""Session folders: everything a run saw and played, written as it happens.
+
+Layout of a session folder::
+
+    config.toml     the resolved settings of the run
+    eeg.json        stream description (name, sfreq, channel names, sample layout)
+    eeg.f32         samples as received, float32, sample-major (n_samples x n_channels), appended per chunk
+    eeg_times.f64   one LSL (or source) timestamp per sample, float64
+    states.jsonl    one line per window: session time, band powers, z-scores, bad channels, token
+    notes.jsonl     one line per note: music time, duration, pitch, velocity, channel, instrument
+    events.jsonl    stream lost / reconnected / bad channels / start / stop
+    notes.mid       the notes as a MIDI file (written on close; `render` rebuilds it after a crash)
+
+Every file is written without user-space buffering (one write per chunk or line), so after ``kill -9``
+nothing that reached a write is lost; readers trim a torn last sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .config import Settings, settings_to_toml
+from .errors import DataError
+from .events import BrainState, Chunk, Note, SignalInfo
+
+FORMAT_VERSION = 1
+
+
+class SessionRecorder:
+    """Append-only writer of one session folder; use as a context manager."""
+
+    def __init__(self, root: Path, settings: Settings, info: SignalInfo, *, name: str | None = None) -> None:
+        self.root = Path(root)
+        self.settings = settings
+        self.info = info
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.folder = self._unique(self.root / (name or f"session-{stamp}"))
+        self._files: dict[str, IO[Any]] = {}
+        self._n_samples = 0
+
+    @staticmethod
+    def _unique(path: Path) -> Path:
+        candidate, k = path, 1
+        while candidate.exists():
+            k += 1
+            candidate = path.with_name(f"{path.name}-{k}")
+        return candidate
+
+    def __enter__(self) -> SessionRecorder:
+        try:
+            self.folder.mkdir(parents=True)
+        except OSError as exc:
+            raise DataError(
+                f"Cannot create the session folder {self.folder} ({exc.strerror}); choose a writable --record DIR."
+            ) from None
+        (self.folder / "config.toml").write_text(settings_to_toml(self.settings))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "name": self.info.name,
+            "type": self.info.stype,
+            "source_id": self.info.source_id,
+            "sfreq": self.info.sfreq,
+            "ch_names": list(self.info.ch_names),
+            "units": self.info.units,
+            "dtype": "float32",
+            "layout": "sample-major",
+            "started": time.time(),
+        }
+        (self.folder / "eeg.json").write_text(json.dumps(meta, indent=1))
+        self._files["eeg"] = open(self.folder / "eeg.f32", "ab", buffering=0)  # noqa: SIM115
+        self._files["times"] = open(self.folder / "eeg_times.f64", "ab", buffering=0)  # noqa: SIM115
+        for kind in ("states", "notes", "events"):
+            self._files[kind] = open(self.folder / f"{kind}.jsonl", "a", buffering=1)  # noqa: SIM115
+        self.event("start", folder=str(self.folder))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_chunk(self, chunk: Chunk) -> None:
+        """Append samples as received, shape (n_channels, n_samples)."""
+        self._files["eeg"].write(np.ascontiguousarray(chunk.data.T, dtype=np.float32).tobytes())
+        self._files["times"].write(np.ascontiguousarray(chunk.timestamps, dtype=np.float64).tobytes())
+        self._n_samples += chunk.n_samples
+
+    def write_state(self, state: BrainState) -> None:
+        rec: dict[str, Any] = {
+            "index": state.index,
+            "t": round(state.t_end, 6),
+            "stamp": state.stamp,
+            "calibrating": state.calibrating,
+            "groups": {
+                g.name: {"power": g.power, "z": g.z, "n_good": g.n_good} for g in state.groups
+            },
+        }
+        if state.bad:
+            rec["bad"] = [list(b) for b in state.bad]
+        if state.token is not None:
+            rec["token"] = state.token
+        self._files["states"].write(json.dumps(rec, allow_nan=False, default=_finite) + "\n")
+
+    def write_notes(self, notes: list[Note]) -> None:
+        fh = self._files["notes"]
+        for n in notes:
+            fh.write(
+                json.dumps(
+                    {
+                        "time": round(n.time, 6),
+                        "duration": round(n.duration, 6),
+                        "pitch": n.pitch,
+                        "velocity": n.velocity,
+                        "channel": n.channel,
+                        "instrument": n.instrument,
+                    }
+                )
+                + "\n"
+            )
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if "events" in self._files:
+            self._files["events"].write(json.dumps({"event": kind, "wall": time.time(), **fields}) + "\n")
+
+    def close(self, *, write_midi: bool = True) -> None:
+        if not self._files:
+            return
+        self.event("stop", samples=self._n_samples)
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+        if write_midi:
+            from .music.ensemble import resolve_instruments
+            from .sinks.midifile import notes_to_midi
+
+            notes = read_notes(self.folder)
+            groups = sorted({n.instrument for n in notes})
+            instruments = {k: v for k, v in resolve_instruments(groups, self.settings.music).items() if k in groups}
+            notes_to_midi(notes, instruments, self.settings.music.tempo, self.folder / "notes.mid")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot record {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """A session folder read back. data : (n_channels, n_samples) float32; times : (n_samples,) seconds."""
+
+    folder: Path
+    info: SignalInfo
+    data: np.ndarray
+    times: np.ndarray
+    config_toml: str
+
+
+def is_session(path: Path) -> bool:
+    return path.is_dir() and (path / "eeg.json").is_file() and (path / "eeg.f32").is_file()
+
+
+def read_session(folder: str | os.PathLike[str]) -> SessionData:
+    """Read a (possibly crashed) session folder; a torn last sample is dropped."""
+    folder = Path(folder)
+    if not is_session(folder):
+        raise DataError(
+            f"{folder} is not a session folder (no eeg.json + eeg.f32); pass a folder written by `brainharmonic run --record`."
+        )
+    try:
+        meta = json.loads((folder / "eeg.json").read_text())
+        ch_names = tuple(meta["ch_names"])
+        info = SignalInfo(
+            name=meta.get("name", folder.name),
+            sfreq=float(meta["sfreq"]),
+            ch_names=ch_names,
+            stype=meta.get("type", "EEG"),
+            source_id=meta.get("source_id", ""),
+            units=meta.get("units", "V"),
+        )
+    except (ValueError, KeyError) as exc:
+        raise DataError(f"{folder / 'eeg.json'} is damaged ({exc}); the session cannot be replayed.") from None
+    raw = np.fromfile(folder / "eeg.f32", dtype=np.float32)
+    times = np.fromfile(folder / "eeg_times.f64", dtype=np.float64) if (folder / "eeg_times.f64").exists() else None
+    n_ch = len(ch_names)
+    n = raw.size // n_ch
+    if times is not None:
+        n = min(n, times.size)
+    data = raw[: n * n_ch].reshape(n, n_ch).T
+    if times is None:
+        times = np.arange(n) / info.sfreq
+    config = (folder / "config.toml").read_text() if (folder / "config.toml").exists() else ""
+    return SessionData(folder, info, data, times[:n], config)
+
+
+def read_notes(folder: Path) -> list[Note]:
+    """Notes from notes.jsonl; a torn last line (crash) is skipped."""
+    path = Path(folder) / "notes.jsonl"
+    notes: list[Note] = []
+    if not path.exists():
+        return notes
+    for line in path.read_text().splitlines():
+        try:
+            d = json.loads(line)
+            notes.append(Note(d["time"], d["duration"], d["pitch"], d["velocity"], d["channel"], d["instrument"]))
+        except (ValueError, KeyError):
+            continue
+    return notes
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
