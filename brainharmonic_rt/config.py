@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +36,11 @@ Hz = Annotated[float, Field(gt=0, le=100_000)]
 Seconds = Annotated[float, Field(ge=0, le=86_400)]
 MidiNote = Annotated[int, Field(ge=0, le=127)]
 MidiChannel = Annotated[int, Field(ge=0, le=15)]
+KeyName = Literal[
+    "C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B"
+]
+ScaleName = Literal["major", "minor", "dorian", "mixolydian", "pentatonic", "minor_pentatonic", "blues"]
+ModeName = Literal["classic", "learned"]
 
 
 class _Section(BaseModel):
@@ -134,16 +147,21 @@ class InstrumentSettings(_Section):
 class MusicSettings(_Section):
     """Tempo, key, scale and the instruments."""
 
-    mode: Literal["classic", "learned"] = Field("classic", description="classic (band powers) or learned (models).")
+    mode: ModeName = Field("classic", description="classic (band powers) or learned (models).")
     tempo: Annotated[float, Field(ge=20, le=300)] = Field(96.0, description="Beats per minute.")
-    key: Literal["C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B"] = "D"
-    scale: Literal["major", "minor", "dorian", "mixolydian", "pentatonic", "minor_pentatonic", "blues"] = "dorian"
+    key: KeyName = "D"
+    scale: ScaleName = "dorian"
     steps_per_beat: Annotated[int, Field(ge=1, le=8)] = Field(4, description="Grid resolution (4 = sixteenths).")
     lookahead: Annotated[float, Field(ge=0, le=5)] = Field(
         0.15, description="Seconds between a window's end and the first note it may schedule."
     )
     seed: int = Field(0, description="Seed of every random choice (same seed and input => same notes).")
     max_polyphony: Annotated[int, Field(ge=1, le=64)] = Field(6, description="Most notes sounding at once.")
+    smoothing: Annotated[float, Field(ge=0, le=30)] = Field(
+        0.75,
+        description="Time constant (s) of the exponential smoothing of band z-scores before they drive the "
+        "classic composer; 0 = none. Sustained changes pass through in full.",
+    )
     instruments: dict[str, InstrumentSettings] = Field(
         default_factory=dict, description="Instrument per channel-group name; groups not listed get defaults."
     )
@@ -170,6 +188,84 @@ class RecordSettings(_Section):
     )
 
 
+class ControlSettings(_Section):
+    """MQTT control plane: commands in, telemetry out (see ``brainharmonic_rt.control``)."""
+
+    enabled: bool = Field(default=False, description="Connect to an MQTT broker for commands and telemetry.")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, max_length=253, description="Broker host name or address."
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=1883, description="Broker port (8883 for TLS)."
+    )
+    instance: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Name of this instance; topics live under brainharmonic/<instance>/.",
+    )
+    username: str | None = Field(
+        default=None, max_length=256, description="Broker user name (none: anonymous)."
+    )
+    password: SecretStr | None = Field(
+        default=None, description="Broker password; prefer the environment (BRAINHARMONIC_CONTROL__PASSWORD)."
+    )
+    tls_ca: Path | None = Field(default=None, description="CA certificate (PEM) of the broker; enables TLS.")
+    tls_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS; needs tls_key."
+    )
+    tls_key: Path | None = Field(
+        default=None, description="Client private key (PEM) for mutual TLS; needs tls_cert."
+    )
+    telemetry_rate_hz: Annotated[float, Field(gt=0, le=20)] = Field(
+        default=10.0, description="Most telemetry messages per second per kind (brain, music, health)."
+    )
+    max_payload: Annotated[int, Field(ge=256, le=1_048_576)] = Field(
+        default=4096, description="Largest command payload in bytes; larger ones are rejected."
+    )
+    offline_buffer: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=64, description="Telemetry messages kept per kind while the broker is away (oldest dropped)."
+    )
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = Field(
+        default=15, description="Seconds between pings; a dead link is noticed after about 1.5 times this."
+    )
+    reconnect_min: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.5, description="First reconnect delay (s)."
+    )
+    reconnect_max: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=30.0, description="Longest reconnect delay (s); the delay doubles up to this."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlSettings:
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError(
+                f"reconnect_min ({self.reconnect_min} s) must not exceed "
+                f"reconnect_max ({self.reconnect_max} s)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together (client certificate and its key)")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca (the CA that signed the broker's certificate)")
+        if self.enabled and self.username is not None and self.password is None:
+            raise ValueError(
+                "control.username is set but control.password is not; set BRAINHARMONIC_CONTROL__PASSWORD "
+                "(or remove username for a broker without passwords)"
+            )
+        return self
+
+
+class EncoderSettings(_Section):
+    """The learned EEG encoder used in ``learned`` mode (see ``brainharmonic_rt.brain.encoder``)."""
+
+    model: Path | None = Field(
+        None, description="ONNX encoder to load; none = models/encoder.onnx shipped with the project."
+    )
+    threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when onnxruntime offers it, else CPU."
+    )
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`."""
 
@@ -186,6 +282,8 @@ class Settings(BaseSettings):
     music: MusicSettings = Field(default_factory=MusicSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -200,7 +298,7 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
-def _describe(err: dict[str, Any], config_file: Path | None) -> str:
+def _describe(err: Any, config_file: Path | None) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()))
     env = ENV_PREFIX + "__".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)).upper()
     where = f"{config_file}, " if config_file else ""
@@ -231,7 +329,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         model_config = SettingsConfigDict(toml_file=path)
 
     try:
-        return Settings.model_validate(_FromFile(**overrides).model_dump())
+        return Settings.model_validate(_FromFile(**overrides).model_dump(exclude_unset=True))
     except ValidationError as exc:
         raise ConfigError(" ".join(_describe(e, path) for e in exc.errors())) from None
 

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 _LSL_DIR = Path(tempfile.mkdtemp(prefix="bh-lsl-"))
+# ResolveScope = link, not machine: here `lo` has no multicast, so machine scope falls back to unicast
+# on 127.0.0.1 where only the newest outlet on the host (any process, any session) answers, hiding
+# every other stream. The SessionID keeps test runs apart.
 (_LSL_DIR / "lsl_api.cfg").write_text(
-    f"[multicast]\nResolveScope = machine\n\n[lab]\nSessionID = bh-test-{uuid.uuid4().hex[:12]}\n"
+    f"[multicast]\nResolveScope = link\n\n[lab]\nSessionID = bh-test-{uuid.uuid4().hex[:12]}\n"
 )
 os.environ["LSLAPICFG"] = str(_LSL_DIR / "lsl_api.cfg")
 os.environ.setdefault("MNE_LSL_LOG_LEVEL", "WARNING")

@@ -1,0 +1,34 @@
+"""Where brain signals come from: live LSL, recordings on disk, fMRI runs, and replays.
+
+Names are imported lazily so that reading a file never loads liblsl.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import Marker, Source
+
+_LAZY = {
+    "LSLSource": "lsl",
+    "list_streams": "lsl",
+    "format_streams": "lsl",
+    "ArraySource": "files",
+    "BIDSSelector": "files",
+    "open_recordings": "files",
+    "pick_signal": "files",
+    "read_raw": "files",
+    "read_fmri": "fmri",
+    "Replay": "player",
+    "make_player": "player",
+}
+
+__all__ = ["Marker", "Source", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,128 @@
+"""`brainharmonic replay`: real eegmat recordings served as real LSL streams, read back by LSLSource."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import mne
+import numpy as np
+import pytest
+from mne_lsl.lsl import StreamInlet, resolve_streams
+
+from brainharmonic_rt.config import StreamSettings
+from brainharmonic_rt.errors import DataError, StreamLostError
+from brainharmonic_rt.events import Chunk
+from brainharmonic_rt.sources.files import open_recordings, pick_signal, read_raw
+from brainharmonic_rt.sources.lsl import LSLSource, list_streams
+from brainharmonic_rt.sources.player import Replay, default_chunk_size
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def offset_of(first: np.ndarray, reference: np.ndarray) -> int:
+    """Index of the sample of ``reference`` (n_channels, n) equal to ``first`` (n_channels,)."""
+    hits = np.flatnonzero((reference == first[:, None]).all(axis=0))
+    assert hits.size == 1, f"first received sample found {hits.size} times in the recording"
+    return int(hits[0])
+
+
+async def read_for(source: LSLSource, n_samples: int, timeout: float = 10.0) -> np.ndarray:
+    chunks: list[Chunk] = []
+    async with asyncio.timeout(timeout):
+        async for chunk in source.chunks():
+            chunks.append(chunk)
+            if sum(c.n_samples for c in chunks) >= n_samples:
+                break
+    return np.concatenate([c.data for c in chunks], axis=1)
+
+
+async def test_replay_file_serves_its_eeg_bit_exact(eegmat_dir: Path, source_id: str) -> None:
+    path = eegmat_dir / "Subject00_2.edf"
+    expected = pick_signal(read_raw(path))
+    async with Replay(path, name="bh-replay-file", source_id=source_id) as replay:
+        assert replay.player.chunk_size == default_chunk_size(500.0) == 5  # 10 ms pushes
+        async with LSLSource(StreamSettings(source_id=source_id, timeout=5)) as src:
+            assert src.info.ch_names == tuple(expected.ch_names)  # A2-A1 and ECG not served
+            assert src.info.sfreq == 500.0
+            data = await read_for(src, 400)
+    reference = expected.get_data()
+    i0 = offset_of(data[:, 0], reference)
+    np.testing.assert_array_equal(data, reference[:, i0 : i0 + data.shape[1]])
+
+
+async def test_replay_rest_then_task_loops_with_markers(eegmat_dir: Path, source_id: str) -> None:
+    files = [eegmat_dir / "Subject00_1.edf", eegmat_dir / "Subject00_2.edf"]
+    one_pass = open_recordings(files, seconds=1.0).data  # 1 s rest + 1 s task = 1000 samples
+    async with Replay(files, name="bh-replay-loop", source_id=source_id, seconds=1.0, loop=True) as replay:
+        assert replay.markers_name == "bh-replay-loop-annotations"
+        assert replay.duration == pytest.approx(2.0)
+        marker_info = resolve_streams(timeout=5, name=replay.markers_name)[0]
+        assert marker_info.source_id == source_id and marker_info.sfreq == 0
+        markers = StreamInlet(marker_info, processing_flags=["clocksync"])
+        markers.open_stream(timeout=5)
+        try:
+            # The data stream shares the source_id with the marker stream; LSLSource picks the data.
+            async with LSLSource(StreamSettings(source_id=source_id, timeout=5)) as src:
+                assert src.info.n_channels == 19
+                data_task = asyncio.create_task(read_for(src, 1200))  # more than one pass: wraps
+                received: list[tuple[str, float]] = []
+                deadline = time.monotonic() + 10
+                while len(received) < 2 and time.monotonic() < deadline:
+                    sample, stamp = await asyncio.to_thread(markers.pull_sample, 0.5)
+                    if stamp is not None:
+                        received.append((sample[0], stamp))
+                data = await data_task
+        finally:
+            markers._del()
+    names = [r[0] for r in received]
+    assert names in (["Subject00_2", "Subject00_1"], ["Subject00_1", "Subject00_2"]), names
+    assert received[1][1] - received[0][1] == pytest.approx(1.0, abs=0.03)  # the boundary is 1 s apart
+    i0 = offset_of(data[:, 0], one_pass)
+    assert i0 + data.shape[1] > one_pass.shape[1], "the read did not cross the loop point"
+    idx = (i0 + np.arange(data.shape[1])) % one_pass.shape[1]
+    np.testing.assert_array_equal(data, one_pass[:, idx])  # loops back seamlessly, sample for sample
+
+
+async def test_replay_without_loop_ends_and_the_stream_is_lost(source_id: str) -> None:
+    n = 1000  # 2 s, a multiple of the 5-sample chunks: the player drops the last sample
+    info = mne.create_info(["counter", "Cz"], 500.0, "eeg")
+    raw = mne.io.RawArray(np.vstack([np.arange(n), np.zeros(n)]), info, verbose="error")
+    async with Replay(raw, name="bh-replay-once", source_id=source_id) as replay:
+        async with LSLSource(StreamSettings(source_id=source_id, timeout=5, lost_after=1.0)) as src:
+            counts: list[np.ndarray] = []
+            with pytest.raises(StreamLostError, match="bh-replay-once"):
+                async with asyncio.timeout(10):
+                    async for chunk in src.chunks():
+                        counts.append(chunk.data[0])
+        assert await asyncio.to_thread(replay.wait, None, 5.0)
+        assert not replay.running
+    counter = np.concatenate(counts).astype(int)
+    # Everything up to the end arrives in order; PlayerLSL closes its outlet right after the last
+    # push, so that final chunk (5 samples) may be cut off with the connection.
+    assert n - 2 - 5 <= counter[-1] <= n - 2 and np.all(np.diff(counter) == 1)
+
+
+def test_serve_forever_stops_on_request(eegmat_dir: Path, source_id: str) -> None:
+    replay = Replay(eegmat_dir / "Subject01_2.edf", name="bh-replay-serve", source_id=source_id, loop=True)
+    stop = threading.Event()
+    server = threading.Thread(target=replay.serve_forever, args=(stop,), daemon=True)
+    server.start()
+    deadline = time.monotonic() + 10
+    while not any(s["source_id"] == source_id for s in list_streams(0.3)):
+        assert time.monotonic() < deadline, "the replayed stream never became visible"
+    assert replay.running
+    stop.set()
+    server.join(5)
+    assert not server.is_alive() and not replay.running
+
+
+async def test_replay_bad_inputs(tmp_path: Path, eegmat_dir: Path) -> None:
+    with pytest.raises(DataError, match=r"missing\.edf does not exist"):
+        async with Replay(tmp_path / "missing.edf"):
+            pass
+    with pytest.raises(DataError, match="Cannot crop the recording to start 500 s"):
+        async with Replay(eegmat_dir / "Subject00_2.edf", start=500.0):
+            pass
