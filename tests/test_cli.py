@@ -153,9 +153,12 @@ def test_kill_9_loses_at_most_the_last_second(jack_server: None, eegmat_dir: Pat
         time.sleep(1.5)
         killed_at = local_clock()
         proc.kill()
-        proc.wait(timeout=10)
+        proc.communicate(timeout=10)
     finally:
         player.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
     sess = read_session(folders[0])
     assert sess.times[-1] >= killed_at - 1.0, "more than the last second of EEG was lost"
     gaps = np.diff(sess.times)

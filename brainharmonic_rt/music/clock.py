@@ -1,0 +1,433 @@
+"""The clock: Notes become timed MIDI messages, delivered against an absolute clock.
+
+Realtime mode runs a dedicated dispatcher thread. Each message's target is
+``origin + music_time`` on ``time.monotonic()``; the thread waits on a condition
+until ~1.5 ms before the target (so a newly scheduled earlier note wakes it),
+then sleeps finely and spins the last 0.2 ms. Nothing is a chained relative sleep:
+a late wake-up only delays the messages that are due, never the ones after. The
+heap is guarded by a lock held only to push and pop, so filter or inference work
+on the event loop cannot hold MIDI output back (beyond the GIL; see
+``switch_interval``).
+
+Virtual mode (offline render) has no thread: :meth:`Scheduler.advance` delivers
+everything due up to a music time, as fast as the CPU allows.
+
+Invariants: every note_on gets exactly one note_off (a retrigger of a sounding
+(channel, pitch) sends the note_off first and the old note's own note_off is then
+skipped); program changes go out at start; at equal times note_offs precede note_ons;
+:meth:`Scheduler.panic` silences every sounding note and every used channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import mido
+import numpy as np
+
+from ..config import InstrumentSettings
+from ..errors import BrainharmonicError, SinkError
+from ..events import Note
+from ..sinks.base import MemorySink, Sink, program_changes, silence_messages
+
+_OFF, _ON = 0, 1  # at equal times note_offs go first
+_COARSE = 0.0015  # wake this long before a target, then sleep finely
+_SPIN = 0.0002  # spin the last part of a wait
+_Item = tuple[float, int, int, mido.Message, int]  # (music time, order, seq, message, note id)
+
+
+class Scheduler:
+    """Turns Notes into timed MIDI messages and delivers them to sinks against an absolute clock.
+
+    Parameters
+    ----------
+    sinks : where every message goes (already opened by the caller).
+    realtime : True = a dispatcher thread on the wall clock; False = virtual clock driven by
+        :meth:`advance`.
+    origin : realtime only: ``time.monotonic()`` value of music time 0 (default: entry time).
+    instruments : optional; their program changes are sent at start, before the first note, and
+        their channels count as used (silenced on panic). Sinks also send program changes in
+        their own ``open``, so a pipeline that opens its sinks may leave this out.
+    late_tolerance : seconds after its target beyond which a dispatched note counts as late.
+    switch_interval : realtime only: the interpreter's GIL switch interval (s) while running, so the
+        dispatcher thread gets the GIL back quickly from busy Python code on the event loop
+        (restored on exit); None leaves it alone.
+    rt_priority : realtime only: try to run the dispatcher thread with SCHED_FIFO at this priority
+        (Linux; needs CAP_SYS_NICE or an rtprio limit, silently skipped otherwise; 0 = don't try).
+        On a loaded machine it keeps other processes from delaying MIDI output by milliseconds.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        realtime: bool,
+        origin: float | None = None,
+        instruments: Mapping[str, InstrumentSettings] | None = None,
+        late_tolerance: float = 0.005,
+        switch_interval: float | None = 0.0002,
+        rt_priority: int = 5,
+    ) -> None:
+        self._sinks = list(sinks)
+        self._realtime = realtime
+        self._origin = origin
+        self._instruments = dict(instruments or {})
+        self._late_tolerance = late_tolerance
+        self._switch_interval = switch_interval
+        self._saved_switch: float | None = None
+        self._rt_priority = rt_priority
+        self.rt_scheduling = False  #: whether the dispatcher thread got SCHED_FIFO
+        self._cond = threading.Condition()
+        self._send_lock = threading.RLock()
+        self._heap: list[_Item] = []
+        self._seq = itertools.count()
+        self._note_ids = itertools.count(1)
+        self._owner: dict[tuple[int, int], int] = {}
+        self._channels: set[int] = {i.channel for i in self._instruments.values()}
+        self._epoch = 0
+        self._in_flight = 0
+        self._now = 0.0  # virtual clock
+        self._running = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._scheduled = 0
+        self._sent = 0
+        self._late = 0
+        self._late_dispatch = 0
+        self._max_late = 0.0
+        self._lateness: deque[float] = deque(maxlen=4096)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._idle = asyncio.Event()
+        self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        if exc is None:
+            self._raise_error()
+
+    def open(self) -> None:
+        """Start (sync form of ``async with``): send program changes; realtime: start the thread."""
+        if self._running:
+            raise RuntimeError("Scheduler is already running; it cannot be entered twice.")
+        self._running, self._stopping = True, False
+        if self._realtime and self._origin is None:
+            self._origin = time.monotonic()
+        for msg in program_changes(self._instruments):
+            self._send(msg, 0.0)
+        if self._realtime:
+            if self._switch_interval is not None:
+                self._saved_switch = sys.getswitchinterval()
+                sys.setswitchinterval(self._switch_interval)
+            self._thread = threading.Thread(target=self._run, name="brainharmonic-midi", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Panic, stop the thread, restore the switch interval. Idempotent."""
+        if not self._running:
+            return
+        self.panic()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if self._saved_switch is not None:
+            sys.setswitchinterval(self._saved_switch)
+            self._saved_switch = None
+        self._running = False
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def realtime(self) -> bool:
+        return self._realtime
+
+    @property
+    def origin(self) -> float | None:
+        """Realtime: ``time.monotonic()`` value of music time 0."""
+        return self._origin
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first error a sink raised while delivering (also raised by the next call)."""
+        return self._error
+
+    def set_origin(self, origin: float) -> None:
+        """Realtime: the ``time.monotonic()`` value of music time 0."""
+        with self._cond:
+            self._origin = origin
+            self._cond.notify_all()
+
+    def music_now(self) -> float:
+        """Current music time: wall clock minus origin (realtime) or the last advance (virtual)."""
+        if self._realtime:
+            origin = self._origin if self._origin is not None else time.monotonic()
+            return time.monotonic() - origin
+        return self._now
+
+    def schedule(self, notes: Iterable[Note]) -> None:
+        """Queue note_on at ``note.time`` and note_off at ``time + duration``; never blocks.
+
+        A note whose time has already passed is sent at once and counted as late.
+        """
+        self._check_running()
+        self._raise_error()
+        now = self.music_now()
+        pushed = False
+        with self._cond:
+            for n in notes:
+                nid = next(self._note_ids)
+                on = mido.Message("note_on", channel=n.channel, note=n.pitch, velocity=n.velocity)
+                off = mido.Message("note_off", channel=n.channel, note=n.pitch, velocity=0)
+                heapq.heappush(self._heap, (n.time, _ON, next(self._seq), on, nid))
+                heapq.heappush(self._heap, (n.time + n.duration, _OFF, next(self._seq), off, nid))
+                self._channels.add(n.channel)
+                self._scheduled += 1
+                if n.time < now:
+                    self._late += 1
+                pushed = True
+            if pushed:
+                self._cond.notify_all()
+        if pushed and not self._realtime:
+            self._deliver_until(self._now)
+
+    def advance(self, music_time: float) -> None:
+        """Virtual mode: deliver everything with time <= ``music_time``, in order."""
+        self._check_running()
+        if self._realtime:
+            raise RuntimeError("advance() is for virtual mode; a realtime Scheduler follows the wall clock.")
+        self._now = max(self._now, music_time)
+        self._deliver_until(self._now)
+        self._raise_error()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """End of input: deliver everything still pending (realtime: wait until it has been sent).
+
+        ``timeout`` (s) defaults to the time until the last pending message plus 2 s; past it,
+        :class:`SinkError`.
+        """
+        self._check_running()
+        if not self._realtime:
+            with self._cond:
+                last = max((item[0] for item in self._heap), default=self._now)
+            self.advance(last)
+            return
+        assert self._idle is not None
+        with self._cond:
+            last = max((item[0] for item in self._heap), default=0.0)
+        if timeout is None:
+            timeout = max(0.0, last - self.music_now()) + 2.0
+        deadline = time.monotonic() + timeout
+        while True:
+            self._idle.clear()
+            with self._cond:
+                if not self._heap and self._in_flight == 0:
+                    break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SinkError(
+                    f"MIDI output did not drain within {timeout:.1f} s ({len(self._heap)} messages pending); "
+                    "the output port may be stuck."
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=min(remaining, 0.5))
+        self._raise_error()
+
+    def panic(self) -> None:
+        """Now: note_off for every sounding note, then CC 123 and CC 64 = 0 on every used channel.
+
+        Pending messages are dropped; scheduling may continue afterwards.
+        """
+        with self._cond:
+            self._heap.clear()
+            self._epoch += 1
+            self._cond.notify_all()
+        with self._send_lock:
+            t = max(self.music_now(), 0.0) if self._running else self._now
+            for (ch, pitch), _ in sorted(self._owner.items()):
+                self._send(mido.Message("note_off", channel=ch, note=pitch, velocity=0), t)
+            self._owner.clear()
+            for msg in silence_messages(self._channels):
+                self._send(msg, t)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for telemetry.
+
+        scheduled (notes), sent (messages), late (notes scheduled after their time), late_dispatch
+        (notes sent more than ``late_tolerance`` after their target), max_late_ms, p50_late_ms and
+        p99_late_ms (dispatch lateness of recent note_ons), sounding, pending (messages), errors.
+        """
+        with self._cond:
+            pending = len(self._heap)
+        with self._send_lock:
+            lateness = np.array(self._lateness) if self._lateness else np.zeros(1)
+        return {
+            "scheduled": self._scheduled,
+            "sent": self._sent,
+            "late": self._late,
+            "late_dispatch": self._late_dispatch,
+            "max_late_ms": round(self._max_late * 1000.0, 3),
+            "p50_late_ms": round(float(np.percentile(lateness, 50)) * 1000.0, 3),
+            "p99_late_ms": round(float(np.percentile(lateness, 99)) * 1000.0, 3),
+            "sounding": len(self._owner),
+            "pending": pending,
+            "errors": 0 if self._error is None else 1,
+            "rt_scheduling": self.rt_scheduling,
+        }
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise RuntimeError("Scheduler is not running; use `async with Scheduler(...)` (or open()).")
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def _send(self, msg: mido.Message, music_time: float) -> None:
+        for sink in self._sinks:
+            try:
+                sink.send(msg, music_time)
+            except BrainharmonicError as exc:
+                self._error = self._error or exc
+            except Exception as exc:
+                self._error = self._error or SinkError(
+                    f"MIDI output {type(sink).__name__} failed while sending {msg.type} ({exc}); "
+                    "check that the port or file is still there."
+                )
+        self._sent += 1
+
+    def _pop_due(self, music_time: float) -> list[_Item]:
+        """Pop every item with time <= music_time (call with the condition held)."""
+        batch = []
+        while self._heap and self._heap[0][0] <= music_time:
+            batch.append(heapq.heappop(self._heap))
+        return batch
+
+    def _deliver_until(self, music_time: float) -> None:
+        with self._cond:
+            batch = self._pop_due(music_time)
+            epoch = self._epoch
+        self._deliver(batch, epoch, None)
+
+    def _deliver(self, batch: list[_Item], epoch: int, wall_now: float | None) -> None:
+        with self._send_lock:
+            if epoch != self._epoch:  # a panic came in between: drop the batch
+                return
+            for t, order, _, msg, nid in batch:
+                key = (msg.channel, msg.note)
+                if order == _ON:
+                    if key in self._owner:  # retrigger: end the sounding note first
+                        self._send(mido.Message("note_off", channel=key[0], note=key[1], velocity=0), t)
+                    self._owner[key] = nid
+                    if wall_now is not None and self._origin is not None:
+                        late = max(0.0, time.monotonic() - (self._origin + t))
+                        self._lateness.append(late)
+                        self._max_late = max(self._max_late, late)
+                        if late > self._late_tolerance:
+                            self._late_dispatch += 1
+                else:
+                    if self._owner.get(key) != nid:  # already ended by a retrigger or a panic
+                        continue
+                    del self._owner[key]
+                self._send(msg, t)
+
+    def _run(self) -> None:
+        """Dispatcher thread: wait for the earliest target on the absolute clock, deliver what is due."""
+        self.rt_scheduling = _try_realtime(self._rt_priority)
+        while True:
+            with self._cond:
+                while not self._stopping and (not self._heap or self._origin is None):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                assert self._origin is not None
+                target = self._origin + self._heap[0][0]
+                delay = target - time.monotonic()
+                if delay > _COARSE:
+                    self._cond.wait(delay - _COARSE)  # woken early by an earlier note or a new origin
+                    continue
+            if delay > 0:
+                _sleep_until(target)
+            with self._cond:
+                assert self._origin is not None
+                now = time.monotonic()
+                batch = self._pop_due(now - self._origin)
+                epoch = self._epoch
+                self._in_flight += 1
+            try:
+                self._deliver(batch, epoch, now)
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    idle = not self._heap
+                if idle and self._loop is not None and self._idle is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed while we were sending
+                        self._loop.call_soon_threadsafe(self._idle.set)
+
+
+def _try_realtime(priority: int) -> bool:
+    """Give the calling thread SCHED_FIFO ``priority`` if the OS allows it (best effort)."""
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _sleep_until(target: float) -> None:
+    """Sleep until ``target`` (time.monotonic seconds): fine sleep, then spin the last 0.2 ms."""
+    remaining = target - time.monotonic()
+    if remaining > _SPIN:
+        time.sleep(remaining - _SPIN)
+    while time.monotonic() < target:
+        pass
+
+
+def events_from_notes(
+    notes: Iterable[Note], instruments: Mapping[str, InstrumentSettings] | None = None
+) -> list[tuple[float, mido.Message]]:
+    """Timed MIDI messages for ``notes``, exactly as a virtual Scheduler delivers them.
+
+    Starts with program changes (if ``instruments``) and ends with the panic messages, so a
+    file or synth rendered from them is silent at the end.
+    """
+    sink = MemorySink()
+    notes = list(notes)
+    scheduler = Scheduler([sink], realtime=False, instruments=instruments)
+    scheduler.open()
+    try:
+        scheduler.schedule(notes)
+        end = max((n.time + n.duration for n in notes), default=0.0)
+        scheduler.advance(end if math.isfinite(end) else 0.0)
+    finally:
+        scheduler.close()
+    return sink.messages

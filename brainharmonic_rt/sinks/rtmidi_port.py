@@ -1,0 +1,283 @@
+"""Live MIDI output through python-rtmidi (JACK, ALSA, CoreMIDI or WinMM).
+
+Opens an existing output port by exact name or unique substring, else a virtual
+port other programs (a synth, a DAW) can connect to. JACK is never autostarted
+(``JACK_NO_START_SERVER=1`` unless the environment says otherwise), and the C
+libraries' own complaints on stderr are silenced while probing so the user sees
+one sentence instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import mido
+
+from ..config import InstrumentSettings
+from ..errors import ConfigError, SinkError
+from .base import NoteTracker, program_changes
+
+_JACK_FLUSH = 0.05  # s: > 2 periods of 1024 frames at 48 kHz
+API_NAMES = ("auto", "jack", "alsa", "coremidi", "winmm")
+_JACK_HINT = "start one with `jackd -d dummy -r 48000 -p 64` (or `jackd -d alsa` with a sound card)"
+
+
+def _rtmidi() -> Any:
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    try:
+        import rtmidi
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise SinkError(
+            f"python-rtmidi cannot be imported ({exc}); run `pip install python-rtmidi`."
+        ) from None
+    return rtmidi
+
+
+def _api_ids() -> dict[str, int]:
+    rtmidi = _rtmidi()
+    return {
+        "alsa": rtmidi.API_LINUX_ALSA,
+        "jack": rtmidi.API_UNIX_JACK,
+        "coremidi": rtmidi.API_MACOSX_CORE,
+        "winmm": rtmidi.API_WINDOWS_MM,
+    }
+
+
+def compiled_apis() -> list[str]:
+    """Our names of the MIDI APIs compiled into python-rtmidi, in its preference order."""
+    by_id = {v: k for k, v in _api_ids().items()}
+    return [by_id[a] for a in _rtmidi().get_compiled_api() if a in by_id]
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence C-level stderr (JACK / ALSA print their own errors) for a moment."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded): nothing to silence
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _unavailable(api: str) -> str:
+    if api == "jack":
+        return f"The JACK server is not running; {_JACK_HINT}, or choose another --midi-api."
+    if api == "alsa":
+        return (
+            "The ALSA sequencer is not available (no /dev/snd/seq); load it with `sudo modprobe snd-seq`, "
+            f"or use --midi-api jack with a JACK server ({_JACK_HINT})."
+        )
+    return f"The {api} MIDI system cannot be opened; check that it is installed and running."
+
+
+def _no_midi_system(tried: list[str]) -> SinkError:
+    return SinkError(
+        f"No MIDI system is running (tried {', '.join(tried) or 'none'}): {_JACK_HINT}, "
+        "or install and start a MIDI system (ALSA sequencer, CoreMIDI, WinMM)."
+    )
+
+
+def _open_client(api: str, kind: str, name: str) -> Any:
+    """A MidiOut/MidiIn on ``api``; SinkError if that MIDI system is not running."""
+    rtmidi = _rtmidi()
+    cls = rtmidi.MidiOut if kind == "out" else rtmidi.MidiIn
+    try:
+        with _quiet_stderr():
+            return cls(_api_ids()[api], name)
+    except rtmidi.SystemError:
+        raise SinkError(_unavailable(api)) from None
+
+
+def _candidate_apis(api: str) -> list[str]:
+    if api not in API_NAMES:
+        raise ConfigError(f"Unknown MIDI API {api!r}; choose one of {', '.join(API_NAMES)}.")
+    compiled = compiled_apis()
+    if api == "auto":
+        return compiled
+    if api not in compiled:
+        raise SinkError(
+            f"MIDI API {api!r} is not in this python-rtmidi build (it has: {', '.join(compiled)}); "
+            "choose one of those with --midi-api."
+        )
+    return [api]
+
+
+def list_ports(api: str = "auto") -> dict[str, dict[str, list[str]]]:
+    """Port names by direction, then MIDI API: ``{"outputs": {"jack": [...]}, "inputs": {"jack": [...]}}``.
+
+    Only APIs that work are listed. Raises :class:`SinkError` when no MIDI system is running.
+    """
+    out: dict[str, dict[str, list[str]]] = {"outputs": {}, "inputs": {}}
+    tried = _candidate_apis(api)
+    for name in tried:
+        try:
+            mo = _open_client(name, "out", "brainharmonic-list")
+        except SinkError:
+            continue
+        try:
+            mi = _open_client(name, "in", "brainharmonic-list")
+            try:
+                out["outputs"][name] = list(mo.get_ports())
+                out["inputs"][name] = list(mi.get_ports())
+            finally:
+                mi.delete()
+        finally:
+            mo.delete()
+    if not out["outputs"]:
+        if api != "auto":
+            raise SinkError(_unavailable(tried[0]))
+        raise _no_midi_system(tried)
+    return out
+
+
+def format_ports(ports: dict[str, dict[str, list[str]]]) -> str:
+    """Human-readable listing of :func:`list_ports` for ``brainharmonic ports``."""
+    lines: list[str] = []
+    for direction in ("outputs", "inputs"):
+        for api, names in ports.get(direction, {}).items():
+            lines.append(f"MIDI {direction} ({api}):")
+            if names:
+                lines.extend(f"  {n}" for n in names)
+            else:
+                lines.append(
+                    "  (none)"
+                    + ("; `brainharmonic run` opens a virtual port" if direction == "outputs" else "")
+                )
+    return "\n".join(lines)
+
+
+def _match(port: str, names: list[str]) -> list[int]:
+    if port in names:
+        return [names.index(port)]
+    needle = port.lower()
+    return [i for i, n in enumerate(names) if needle in n.lower()]
+
+
+class RtMidiSink:
+    """Send MIDI to a live port.
+
+    Parameters
+    ----------
+    port : exact name or unique (case-insensitive) substring of an existing output port.
+    virtual_name : name of a virtual port to open when ``port`` is None.
+    api : "auto" (first compiled API that works and, with ``port``, has it), "jack", "alsa",
+        "coremidi" or "winmm".
+    client_name : MIDI client name (JACK shows ports as ``client:port``).
+    """
+
+    def __init__(
+        self,
+        port: str | None = None,
+        virtual_name: str | None = "brainharmonic",
+        api: str = "auto",
+        client_name: str = "brainharmonic",
+    ) -> None:
+        self.port = port
+        self.virtual_name = virtual_name
+        self.api = api
+        self.client_name = client_name
+        self.port_name: str | None = None  #: the opened port (output name, or our virtual port)
+        self.api_used: str | None = None
+        self._out: Any = None
+        self._tracker = NoteTracker()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def open(self, instruments: dict[str, InstrumentSettings], tempo: float) -> None:
+        """Open the port (see class docs); SinkError with the available ports if it does not exist."""
+        if self._out is not None:
+            raise SinkError("This MIDI output is already open; close it before opening it again.")
+        if self.port is None and self.virtual_name is None:
+            raise SinkError("No MIDI output chosen; pass --midi-port NAME or --virtual-port NAME.")
+        tried = _candidate_apis(self.api)
+        available: dict[str, list[str]] = {}
+        for api in tried:
+            try:
+                out = _open_client(api, "out", self.client_name)
+            except SinkError:
+                if self.api != "auto":
+                    raise
+                continue
+            try:
+                if self.port is None:
+                    assert self.virtual_name is not None
+                    with _quiet_stderr():
+                        out.open_virtual_port(self.virtual_name)
+                    self.port_name = self.virtual_name
+                else:
+                    names = list(out.get_ports())
+                    hits = _match(self.port, names)
+                    if len(hits) > 1:
+                        raise SinkError(
+                            f"MIDI output port {self.port!r} is ambiguous; it matches "
+                            f"{', '.join(repr(names[i]) for i in hits)}. Give more of the name."
+                        )
+                    if not hits:
+                        available[api] = names
+                        out.delete()
+                        continue
+                    with _quiet_stderr():
+                        out.open_port(hits[0], self.client_name)
+                    self.port_name = names[hits[0]]
+            except BaseException:
+                if not out.is_deleted:
+                    out.delete()
+                raise
+            self._out, self.api_used, self._closed = out, api, False
+            self._tracker.channels.update(i.channel for i in instruments.values())
+            for msg in program_changes(instruments):  # before any note
+                out.send_message(msg.bytes())
+            return
+        if not available:
+            raise _no_midi_system(tried)
+        listing = "; ".join(
+            f"{api}: {', '.join(repr(n) for n in names) or '(none)'}" for api, names in available.items()
+        )
+        raise SinkError(
+            f"MIDI output port {self.port!r} does not exist (available outputs — {listing}); "
+            "pick one of those with --midi-port, or open a virtual port with --virtual-port NAME."
+        )
+
+    def send(self, msg: mido.Message, music_time: float) -> None:
+        """Send now (the Scheduler chose the moment); ``music_time`` is ignored."""
+        with self._lock:
+            if self._out is None:
+                raise SinkError("The MIDI output is not open; open() it before sending.")
+            self._tracker.update(msg)
+            self._out.send_message(msg.bytes())
+
+    def close(self) -> None:
+        """Silence every sounding note and used channel, then close the port. Idempotent."""
+        with self._lock:
+            if self._closed or self._out is None:
+                self._closed = True
+                return
+            try:
+                for msg in self._tracker.silence():
+                    self._out.send_message(msg.bytes())
+                if self.api_used == "jack":
+                    # JACK hands messages over in the next process cycle; a port closed in the same cycle
+                    # delivers garbage to readers (measured: repeated first message). Let a few periods pass.
+                    time.sleep(_JACK_FLUSH)
+            finally:
+                self._out.close_port()
+                self._out.delete()
+                self._out = None
+                self._closed = True
