@@ -13,17 +13,15 @@ import numpy as np
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
     mem = ""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f", {int(line.split()[1]) / 2**20:.0f} GiB RAM"
+        with open("/proc/meminfo") as fh:
+            kb = next((int(ln.split()[1]) for ln in fh if ln.startswith("MemTotal")), 0)
+        mem = f", {kb / 2**20:.0f} GiB RAM"
     except OSError:
         pass
     import onnxruntime

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import signal
@@ -70,12 +71,14 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tu
     if first.suffix.lower() == ".npy":
         from .sources.fmri import read_fmri
 
-        return _limit(read_fmri(first, tr=args.tr), args), None, []
+        preset = None
+        if getattr(args, "config", None) is None:
+            # BOLD is slow: EEG bands do not fit a 1.4 Hz signal, so fMRI gets its own defaults.
+            preset = load_settings(Path(__file__).parent / "presets" / "fmri.toml")
+        return _limit(read_fmri(first, tr=args.tr), args), preset, []
     bids = None
     if getattr(args, "subject", None) is not None:
-        bids = BIDSSelector(
-            root=first, subject=args.subject, session=args.session, task=args.task, run=args.run
-        )
+        bids = BIDSSelector(root=first, subject=args.subject, session=args.session, task=args.task, run=args.run)
     source = open_recordings(paths, bids=bids, seconds=args.seconds, start=args.start)
     return source, None, list(getattr(source, "markers", []))
 
@@ -86,8 +89,8 @@ def _limit(source: Any, args: argparse.Namespace) -> Any:
     if args.seconds is None and not args.start:
         return source
     sf = source.info.sfreq
-    a = int(round(args.start * sf))
-    b = source.data.shape[1] if args.seconds is None else a + int(round(args.seconds * sf))
+    a = round(args.start * sf)
+    b = source.data.shape[1] if args.seconds is None else a + round(args.seconds * sf)
     if a >= source.data.shape[1]:
         raise DataError(f"--start {args.start} s is past the end of the input ({source.data.shape[1] / sf:.1f} s).")
     return ArraySource(source.info, source.data[:, a:b], source.timestamps[a:b] - source.timestamps[a])
@@ -101,6 +104,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .sinks.midifile import MidiFileSink
 
     source, recorded, markers = _open_input(args)
+    labels = getattr(args, "labels", {})
+    markers = [(t, labels.get(name, name)) for t, name in markers]
     if recorded is not None:
         base = recorded.model_dump()
         base["music"].update({k: v for k, v in _music_overrides(args).items() if v is not None})
@@ -161,7 +166,7 @@ def _summary(result: Any, markers: Sequence[tuple[float, str]]) -> str:
             f"  {name:<10} program {inst.program:>3} ch {inst.channel + 1:>2} {inst.role:<9} {len(mine):>5} notes"
         )
     bounds = [*list(markers), (float("inf"), "")]
-    for (t0, label), (t1, _) in zip(bounds, bounds[1:], strict=False):
+    for (t0, label), (t1, _) in itertools.pairwise(bounds):
         seg = [n for n in result.notes if t0 <= n.time < t1]
         span = min(t1, result.seconds) - t0
         if seg and span > 0:
@@ -195,24 +200,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tr=0.72,
     )
     print(f"demo: subject {args.subject:02d} of PhysioNet eegmat (rest, then mental arithmetic) from {root}")
+    ns.labels = {rest.stem: "rest", task.stem: "mental arithmetic"}
     rc = cmd_render(ns)
-    if args.live is not False:
-        rc = rc or _demo_live(args, rest, task)
-    return rc
+    return rc or _demo_live(args, rest, task)
 
 
 def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
-    """Replay the same recording as a real LSL stream into the live pipeline, to a MIDI port if one exists."""
-    from .sinks.rtmidi_port import list_ports
+    """Replay the same recording as a real LSL stream into the live pipeline, playing to a MIDI port.
+
+    Runs only with --live or when a MIDI output port already exists (a synth or DAW); in real time.
+    """
+    import uuid
+
+    from .pipeline import LivePipeline
+    from .sinks.rtmidi_port import RtMidiSink, list_ports
+    from .sources.lsl import LSLSource
+    from .sources.player import Replay
 
     try:
         outputs = [p for ports in list_ports().get("outputs", {}).values() for p in ports]
     except BrainharmonicError:
         outputs = []
-    if args.live is None and not outputs:
-        print("demo: no MIDI output port found; skipped live playback (pass --live to open a virtual port).")
+    port = args.midi_port or (outputs[0] if outputs else None)
+    if not args.live and port is None:
+        print("demo: no MIDI output port found, so no live playback (pass --live to open a virtual MIDI port).")
         return 0
-    print("demo: live playback through LSL is available with `brainharmonic replay` + `brainharmonic run`.")
+    sid = f"brainharmonic-demo-{uuid.uuid4().hex[:8]}"
+    settings = _settings(
+        args,
+        stream={"source_id": sid, "timeout": 15.0},
+        music={"seed": args.seed},
+        output={"midi_port": port, "virtual_port": "brainharmonic-demo"},
+    )
+    sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
+    out = Path(args.out)
+
+    async def main() -> LivePipeline:
+        replay = Replay([rest, task], name="brainharmonic-demo", source_id=sid, seconds=args.seconds)
+        async with replay:
+            pipe = LivePipeline(
+                settings,
+                LSLSource(settings.stream),
+                [sink],
+                record_root=out / "sessions",
+                duration=replay.duration,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
+            where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
+            print(f"demo: live playback through LSL to {where} for {replay.duration:.0f} s (Ctrl-C stops)")
+            await pipe.run()
+            return pipe
+
+    pipe = asyncio.run(main())
+    folder = pipe.recorder.folder if pipe.recorder else "-"
+    print(f"demo: live run stopped ({pipe.stats.stopped_by}); session recorded in {folder}")
     return 0
 
 
@@ -278,7 +321,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     bids = None
     if args.subject is not None:
-        bids = BIDSSelector(root=Path(args.path), subject=args.subject, session=args.session, task=args.task, run=args.run)
+        bids = BIDSSelector(
+            root=Path(args.path), subject=args.subject, session=args.session, task=args.task, run=args.run
+        )
     replay = Replay(Path(args.path), name=args.name, source_id=args.source_id, loop=args.loop, bids=bids)
     replay.serve_forever()
     return 0
@@ -339,7 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="Output folder (default ./demo-out).")
     p.add_argument("--seconds", type=float, help="Only this many seconds of the recording.")
     p.add_argument("--seed", type=int)
-    p.add_argument("--live", action="store_true", default=None, help="Also play live through LSL to a MIDI port.")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="Also replay it live through LSL to a MIDI port (virtual if none exists).",
+    )
+    p.add_argument("--midi-port", metavar="NAME", help="MIDI output port for the live playback.")
     _add_config(p)
     p.set_defaults(func=cmd_demo)
 

@@ -36,9 +36,7 @@ Hz = Annotated[float, Field(gt=0, le=100_000)]
 Seconds = Annotated[float, Field(ge=0, le=86_400)]
 MidiNote = Annotated[int, Field(ge=0, le=127)]
 MidiChannel = Annotated[int, Field(ge=0, le=15)]
-KeyName = Literal[
-    "C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B"
-]
+KeyName = Literal["C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B"]
 ScaleName = Literal["major", "minor", "dorian", "mixolydian", "pentatonic", "minor_pentatonic", "blues"]
 ModeName = Literal["classic", "learned"]
 
@@ -192,30 +190,20 @@ class ControlSettings(_Section):
     """MQTT control plane: commands in, telemetry out (see ``brainharmonic_rt.control``)."""
 
     enabled: bool = Field(default=False, description="Connect to an MQTT broker for commands and telemetry.")
-    host: str = Field(
-        default="127.0.0.1", min_length=1, max_length=253, description="Broker host name or address."
-    )
-    port: Annotated[int, Field(ge=1, le=65535)] = Field(
-        default=1883, description="Broker port (8883 for TLS)."
-    )
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253, description="Broker host name or address.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=1883, description="Broker port (8883 for TLS).")
     instance: str = Field(
         default="default",
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Name of this instance; topics live under brainharmonic/<instance>/.",
     )
-    username: str | None = Field(
-        default=None, max_length=256, description="Broker user name (none: anonymous)."
-    )
+    username: str | None = Field(default=None, max_length=256, description="Broker user name (none: anonymous).")
     password: SecretStr | None = Field(
         default=None, description="Broker password; prefer the environment (BRAINHARMONIC_CONTROL__PASSWORD)."
     )
     tls_ca: Path | None = Field(default=None, description="CA certificate (PEM) of the broker; enables TLS.")
-    tls_cert: Path | None = Field(
-        default=None, description="Client certificate (PEM) for mutual TLS; needs tls_key."
-    )
-    tls_key: Path | None = Field(
-        default=None, description="Client private key (PEM) for mutual TLS; needs tls_cert."
-    )
+    tls_cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS; needs tls_key.")
+    tls_key: Path | None = Field(default=None, description="Client private key (PEM) for mutual TLS; needs tls_cert.")
     telemetry_rate_hz: Annotated[float, Field(gt=0, le=20)] = Field(
         default=10.0, description="Most telemetry messages per second per kind (brain, music, health)."
     )
@@ -228,9 +216,7 @@ class ControlSettings(_Section):
     keepalive: Annotated[int, Field(ge=5, le=3600)] = Field(
         default=15, description="Seconds between pings; a dead link is noticed after about 1.5 times this."
     )
-    reconnect_min: Annotated[float, Field(gt=0, le=60)] = Field(
-        default=0.5, description="First reconnect delay (s)."
-    )
+    reconnect_min: Annotated[float, Field(gt=0, le=60)] = Field(default=0.5, description="First reconnect delay (s).")
     reconnect_max: Annotated[float, Field(gt=0, le=600)] = Field(
         default=30.0, description="Longest reconnect delay (s); the delay doubles up to this."
     )
@@ -239,8 +225,7 @@ class ControlSettings(_Section):
     def _consistent(self) -> ControlSettings:
         if self.reconnect_min > self.reconnect_max:
             raise ValueError(
-                f"reconnect_min ({self.reconnect_min} s) must not exceed "
-                f"reconnect_max ({self.reconnect_max} s)"
+                f"reconnect_min ({self.reconnect_min} s) must not exceed reconnect_max ({self.reconnect_max} s)"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together (client certificate and its key)")
@@ -306,7 +291,8 @@ def _describe(err: Any, config_file: Path | None) -> str:
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
-        return f"Unknown setting '{loc}'; remove it from {where or 'the configuration'}(see `brainharmonic config --show` for valid keys)."
+        where = where.removesuffix(", ") or "the configuration"
+        return f"Unknown setting '{loc}'; remove it from {where} (`brainharmonic config --show` lists the valid keys)."
     return f"Invalid setting '{loc}'{shown}: {msg}. Fix it in {where}${env} or the command line."
 
 

@@ -105,9 +105,7 @@ def eegmat_subject_files(
     else PhysioNet).
     """
     if not (isinstance(subject, int) and 0 <= subject < N_SUBJECTS):
-        raise DataError(
-            f"eegmat has subjects 0 to {N_SUBJECTS - 1}, not {subject!r}; pick one in that range."
-        )
+        raise DataError(f"eegmat has subjects 0 to {N_SUBJECTS - 1}, not {subject!r}; pick one in that range.")
     root = Path(root).expanduser()
     names = (f"Subject{subject:02d}_1.edf", f"Subject{subject:02d}_2.edf")
     out: list[Path] = []
@@ -189,9 +187,7 @@ def _download(url: str, dest: Path, *, progress: bool) -> None:
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT) as resp, part.open("wb") as fh:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress, leave=False
-            ) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress, leave=False) as bar:
                 while block := resp.read(1 << 16):
                     fh.write(block)
                     bar.update(len(block))
@@ -199,7 +195,6 @@ def _download(url: str, dest: Path, *, progress: bool) -> None:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise DataError(
-            f"Could not download {url} ({reason}); check the network, or download eegmat yourself "
-            f"and pass --data PATH."
+            f"Could not download {url} ({reason}); check the network, or download eegmat yourself and pass --data PATH."
         ) from None
     shutil.move(part, dest)

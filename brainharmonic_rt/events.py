@@ -54,9 +54,7 @@ class Chunk:
         if self.data.ndim != 2:
             raise ValueError(f"Chunk.data must be 2-D (n_channels, n_samples), got shape {self.data.shape}")
         if self.timestamps.shape != (self.data.shape[1],):
-            raise ValueError(
-                f"Chunk.timestamps must have shape ({self.data.shape[1]},), got {self.timestamps.shape}"
-            )
+            raise ValueError(f"Chunk.timestamps must have shape ({self.data.shape[1]},), got {self.timestamps.shape}")
 
     @property
     def n_samples(self) -> int:

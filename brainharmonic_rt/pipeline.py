@@ -243,7 +243,7 @@ class LivePipeline:
         if self.duration is not None:
             tasks.add(asyncio.create_task(self._timer(self.duration), name="timer"))
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             reader = next(t for t in tasks if t.get_name() == "reader")
             if reader in done and reader.exception() is None:
                 # End of input: let the composer finish the queued windows first.

@@ -75,10 +75,10 @@ class SessionRecorder:
             "started": time.time(),
         }
         (self.folder / "eeg.json").write_text(json.dumps(meta, indent=1))
-        self._files["eeg"] = open(self.folder / "eeg.f32", "ab", buffering=0)  # noqa: SIM115
-        self._files["times"] = open(self.folder / "eeg_times.f64", "ab", buffering=0)  # noqa: SIM115
+        self._files["eeg"] = open(self.folder / "eeg.f32", "ab", buffering=0)
+        self._files["times"] = open(self.folder / "eeg_times.f64", "ab", buffering=0)
         for kind in ("states", "notes", "events"):
-            self._files[kind] = open(self.folder / f"{kind}.jsonl", "a", buffering=1)  # noqa: SIM115
+            self._files[kind] = open(self.folder / f"{kind}.jsonl", "a", buffering=1)
         self.event("start", folder=str(self.folder))
         return self
 
@@ -97,9 +97,7 @@ class SessionRecorder:
             "t": round(state.t_end, 6),
             "stamp": state.stamp,
             "calibrating": state.calibrating,
-            "groups": {
-                g.name: {"power": g.power, "z": g.z, "n_good": g.n_good} for g in state.groups
-            },
+            "groups": {g.name: {"power": g.power, "z": g.z, "n_good": g.n_good} for g in state.groups},
         }
         if state.bad:
             rec["bad"] = [list(b) for b in state.bad]
@@ -171,7 +169,8 @@ def read_session(folder: str | os.PathLike[str]) -> SessionData:
     folder = Path(folder)
     if not is_session(folder):
         raise DataError(
-            f"{folder} is not a session folder (no eeg.json + eeg.f32); pass a folder written by `brainharmonic run --record`."
+            f"{folder} is not a session folder (no eeg.json + eeg.f32); "
+            "pass a folder written by `brainharmonic run --record`."
         )
     try:
         meta = json.loads((folder / "eeg.json").read_text())

@@ -31,8 +31,10 @@ class SyntheticOutlet:
     ) -> None:
         self.source_id, self.n_channels, self.sfreq, self.chunk, self.name = source_id, n_channels, sfreq, chunk, name
         if ch_names is None:
-            ch_names = TEN_TWENTY[:n_channels] if n_channels <= len(TEN_TWENTY) else tuple(
-                f"E{i + 1}" for i in range(n_channels)
+            ch_names = (
+                TEN_TWENTY[:n_channels]
+                if n_channels <= len(TEN_TWENTY)
+                else tuple(f"E{i + 1}" for i in range(n_channels))
             )
         self.ch_names = ch_names
         self.nan_channels: set[int] = set()

@@ -45,9 +45,7 @@ def test_band_power_per_channel_and_dc_is_ignored() -> None:
 
 
 def test_band_without_a_frequency_bin_is_a_config_error() -> None:
-    with pytest.raises(
-        ConfigError, match=r"Band alpha \(8.1-8.3 Hz\) holds no frequency bin of a 2 s window"
-    ):
+    with pytest.raises(ConfigError, match=r"Band alpha \(8.1-8.3 Hz\) holds no frequency bin of a 2 s window"):
         BandPower(FS, 1000, {"alpha": (8.1, 8.3)})
 
 
@@ -113,9 +111,7 @@ def test_calibrating_flag_and_z_scores() -> None:
 def test_brain_rejects_bands_above_nyquist_with_a_suggestion_that_works() -> None:
     sfreq = 1 / 0.72
     info = SignalInfo("hcp", sfreq, tuple(f"R{k:03d}" for k in range(1, 380)), stype="fMRI")
-    with pytest.raises(
-        ConfigError, match=r"Band theta \(4-8 Hz\).*Nyquist.*set \[bands\] for this rate"
-    ) as err:
+    with pytest.raises(ConfigError, match=r"Band theta \(4-8 Hz\).*Nyquist.*set \[bands\] for this rate") as err:
         ClassicBrain(info, SignalSettings(window=60.0, hop=0.72), BandSettings())
     msg = str(err.value)
     bands = {k: (float(a), float(b)) for k, a, b in re.findall(r"(\w+) = \[([\d.]+), ([\d.]+)\]", msg)}
@@ -219,9 +215,7 @@ def test_rest_and_task_differ_on_eegmat(eegmat_dir: Path) -> None:
     for subject in range(5):
         states, t_switch = _run_session(eegmat_dir, subject, baseline=30.0)
         states = states[::8]
-        z = np.array(
-            [[[g.z[b] for b in bands] for g in s.groups] for s in states]
-        )  # (windows, groups, bands)
+        z = np.array([[[g.z[b] for b in bands] for g in s.groups] for s in states])  # (windows, groups, bands)
         t = np.array([s.t_end for s in states])
         rest = np.array([not s.calibrating for s in states]) & (t < t_switch)
         task = t >= t_switch + 4.0  # windows entirely in the task recording, filters settled
@@ -231,9 +225,7 @@ def test_rest_and_task_differ_on_eegmat(eegmat_dir: Path) -> None:
         mean_delta, mean_t = _welch_t(z.mean(axis=1), rest, task)
         report.append(
             f"S{subject:02d} max|t| {np.abs(tstat).max():4.1f}; all groups: "
-            + ", ".join(
-                f"{b} {d:+.2f} (t {ts:+.1f})" for b, d, ts in zip(bands, mean_delta, mean_t, strict=True)
-            )
+            + ", ".join(f"{b} {d:+.2f} (t {ts:+.1f})" for b, d, ts in zip(bands, mean_delta, mean_t, strict=True))
         )
     print("\ntask - rest, z:\n" + "\n".join(report))
     assert differs >= 3, report

@@ -49,9 +49,7 @@ def _walk(seed: int) -> ZFn:
     """A random walk of z-scores per group, clipped to ±4 like the brain stage's output."""
     rng = np.random.default_rng(seed)
     steps = rng.normal(0, 0.4, size=(2000, len(REGIONS), 3)).cumsum(axis=0).clip(-4, 4)
-    return lambda i, g: dict(
-        zip(("theta", "alpha", "beta"), steps[i, REGIONS.index(g)].tolist(), strict=True)
-    )
+    return lambda i, g: dict(zip(("theta", "alpha", "beta"), steps[i, REGIONS.index(g)].tolist(), strict=True))
 
 
 # ----------------------------------------------------------------------------- ensemble
@@ -93,9 +91,7 @@ def test_user_entries_override_only_the_fields_they_set(tmp_path: Path) -> None:
     cfg.write_text("[music.instruments.frontal]\nprogram = 0\n\n[music.instruments.temporal]\nchannel = 0\n")
     inst = resolve_instruments(REGIONS, load_settings(cfg).music)
     assert inst["frontal"].program == 0
-    assert inst["frontal"].role == "melody" and inst["frontal"].low == 60, (
-        "other fields keep the region default"
-    )
+    assert inst["frontal"].role == "melody" and inst["frontal"].low == 60, "other fields keep the region default"
     assert inst["temporal"].channel == 0 and inst["temporal"].role == "bass"
     assert inst["frontal"].channel != 0, "defaults move out of the way of a user's channel"
     channels = [i.channel for i in inst.values()]
@@ -115,9 +111,7 @@ def test_percussion_role_goes_to_channel_ten() -> None:
 
 def test_entry_for_a_missing_group_names_it_and_lists_the_groups() -> None:
     music = MusicSettings(instruments={"frontl": InstrumentSettings(program=3)})
-    with pytest.raises(
-        ConfigError, match=r"'frontl', which does not exist; the groups are: frontal, central"
-    ):
+    with pytest.raises(ConfigError, match=r"'frontl', which does not exist; the groups are: frontal, central"):
         resolve_instruments(REGIONS, music)
 
 
@@ -126,9 +120,7 @@ def test_bad_channel_choices_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"channel 9 .*percussion.* role is melody"):
         resolve_instruments(REGIONS, music)
     same = {"frontal": InstrumentSettings(channel=3), "central": InstrumentSettings(channel=3)}
-    with pytest.raises(
-        ConfigError, match="'frontal' and 'central' share MIDI channel 3 with different programs"
-    ):
+    with pytest.raises(ConfigError, match="'frontal' and 'central' share MIDI channel 3 with different programs"):
         resolve_instruments(REGIONS, MusicSettings(instruments=same))
     shared = {
         "frontal": InstrumentSettings(channel=3, program=40),
@@ -224,9 +216,7 @@ def test_a_sustained_change_shows_within_seconds_despite_smoothing() -> None:
 
     notes = _run(music, z, n=240)
     calm = sum(30 * HOP <= n.time < 30 * HOP + 20 for n in notes)  # 20 s of calm, well after the start
-    busy = sum(
-        122 * HOP + 2 <= n.time < 122 * HOP + 22 for n in notes
-    )  # 20 s beginning 2.5 s after the change
+    busy = sum(122 * HOP + 2 <= n.time < 122 * HOP + 22 for n in notes)  # 20 s beginning 2.5 s after the change
     assert busy > 2.5 * calm, (busy, calm)
 
 

@@ -35,8 +35,8 @@ def test_help_documents_every_command() -> None:
 def test_render_is_deterministic_and_writes_everything(eegmat_dir: Path, tmp_path: Path) -> None:
     rest = eegmat_dir / "Subject00_1.edf"
     a, b, c = tmp_path / "a.mid", tmp_path / "b.mid", tmp_path / "c.mid"
-    r = bh("render", str(rest), "--out", str(a), "--seed", "7", "--seconds", "40",
-           "--wav", str(tmp_path / "a.wav"), "--events", str(tmp_path / "a.jsonl"), "--png", str(tmp_path / "a.png"))  # fmt: skip
+    extra = ["--wav", str(tmp_path / "a.wav"), "--events", str(tmp_path / "a.jsonl"), "--png", str(tmp_path / "a.png")]
+    r = bh("render", str(rest), "--out", str(a), "--seed", "7", "--seconds", "40", *extra)
     assert r.returncode == 0, r.stderr
     assert bh("render", str(rest), "--out", str(b), "--seed", "7", "--seconds", "40").returncode == 0
     assert bh("render", str(rest), "--out", str(c), "--seed", "8", "--seconds", "40").returncode == 0
@@ -109,7 +109,7 @@ def test_sigterm_during_run_silences_port_and_leaves_readable_session(
         reader = MidiReader(port, timeout=30)
         assert reader.wait_for(lambda m: len(note_ons(m)) >= 5, 60), "no notes from the live run"
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
         time.sleep(0.2)
         msgs = reader.snapshot()
         reader.close()

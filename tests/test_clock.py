@@ -109,9 +109,7 @@ async def test_panic_on_exit_silences_sounding_notes_and_every_used_channel() ->
     cc = {(ch, ctl) for _, kind, ch, ctl in tail if kind == "control_change"}
     assert cc == {(ch, ctl) for ch in (1, 3, 4, 5) for ctl in (123, 64)}
     assert all(m.value == 0 for _, m in sink.messages if m.type == "control_change")
-    assert not any(m.type == "note_on" and m.note == 70 for _, m in sink.messages), (
-        "pending notes are dropped"
-    )
+    assert not any(m.type == "note_on" and m.note == 70 for _, m in sink.messages), "pending notes are dropped"
     assert _unpaired(sink.messages) == {}
 
 

@@ -131,9 +131,7 @@ def test_bad_payload_names_field_and_reason(payload: bytes, field: str, reason: 
 
 def test_oversized_payload_rejected_before_parsing() -> None:
     payload = _payload({"cmd": "set_tempo", "bpm": 100, "id": "a"}).ljust(LIMIT + 1)
-    with pytest.raises(
-        CommandError, match=rf"'payload' is {LIMIT + 1} bytes, over the limit of {LIMIT} bytes"
-    ):
+    with pytest.raises(CommandError, match=rf"'payload' is {LIMIT + 1} bytes, over the limit of {LIMIT} bytes"):
         parse_command(payload, LIMIT)
     # The same command within the limit is fine: the size, not the content, was the problem.
     assert isinstance(parse_command(payload.rstrip(), LIMIT), SetTempo)
@@ -223,9 +221,7 @@ def _state(power_nan: bool = False) -> BrainState:
     groups = tuple(
         GroupState(
             name=name,
-            power={
-                b: (float("nan") if power_nan and b == "alpha" else -11.5 + i) for i, b in enumerate(bands)
-            },
+            power={b: (float("nan") if power_nan and b == "alpha" else -11.5 + i) for i, b in enumerate(bands)},
             z={b: 0.25 * i for i, b in enumerate(bands)},
             n_good=3,
         )
@@ -279,9 +275,7 @@ def test_music_and_health_telemetry_validate() -> None:
         MusicTelemetry(key="D", scale="dorian", tempo=96.0, mode="classic", notes={"a": [128]})
     with pytest.raises(ValidationError, match="extra"):
         HealthTelemetry(connected=True, rate_hz=500.0, surprise=1)  # type: ignore[call-arg]
-    health = HealthTelemetry(
-        connected=True, rate_hz=499.8, nominal_hz=500.0, latency_ms={"sample_to_note_p99": 12.0}
-    )
+    health = HealthTelemetry(connected=True, rate_hz=499.8, nominal_hz=500.0, latency_ms={"sample_to_note_p99": 12.0})
     assert json.loads(health.model_dump_json())["latency_ms"] == {"sample_to_note_p99": 12.0}
 
 

@@ -129,9 +129,7 @@ class Probe:
         topic = f"{self.topics.root}/{suffix}"
         return [m for t, m, _, _ in self.seen if t == topic and m is not None]
 
-    async def _until(
-        self, found: Callable[[], dict[str, Any] | None], timeout: float, what: str
-    ) -> dict[str, Any]:
+    async def _until(self, found: Callable[[], dict[str, Any] | None], timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while (msg := found()) is None:
             left = deadline - time.monotonic()
@@ -142,9 +140,7 @@ class Probe:
                 await asyncio.wait_for(self._changed.wait(), left)
         return msg
 
-    async def wait(
-        self, suffix: str, where: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-    ) -> dict[str, Any]:
+    async def wait(self, suffix: str, where: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
         """The first message on ``suffix`` matching ``where``, seen already or within ``timeout``."""
         return await self._until(
             lambda: next((m for m in self.on(suffix) if where(m)), None),
@@ -165,9 +161,7 @@ class Probe:
 
 @asynccontextmanager
 async def probe(broker: MosquittoBroker, instance: str, user: str = "controller") -> AsyncIterator[Probe]:
-    async with aiomqtt.Client(
-        **broker.client_args(user), identifier=f"probe-{uuid.uuid4().hex[:8]}"
-    ) as client:
+    async with aiomqtt.Client(**broker.client_args(user), identifier=f"probe-{uuid.uuid4().hex[:8]}") as client:
         p = Probe(client, Topics.for_instance(instance))
         await client.subscribe(f"{p.topics.root}/#", qos=1)
         task = asyncio.create_task(p.collect())
@@ -396,9 +390,7 @@ _payloads = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip
 @given(payloads=_payloads)
-def test_fuzzed_payloads_never_crash_or_stall_the_plane(
-    broker: MosquittoBroker, payloads: list[bytes]
-) -> None:
+def test_fuzzed_payloads_never_crash_or_stall_the_plane(broker: MosquittoBroker, payloads: list[bytes]) -> None:
     asyncio.run(asyncio.wait_for(_fuzz_round(broker, payloads), 30))
 
 
@@ -414,9 +406,7 @@ async def test_unauthenticated_and_wrong_password_clients_are_refused(broker: Mo
             pass
 
 
-async def test_service_with_wrong_password_keeps_retrying_and_explains(
-    broker: MosquittoBroker, instance: str
-) -> None:
+async def test_service_with_wrong_password_keeps_retrying_and_explains(broker: MosquittoBroker, instance: str) -> None:
     s = broker.control_settings(instance, password="wrong")
     async with ControlPlane(s, StateHandler()) as plane:
         await poll(lambda: plane.stats()["connect_failures"] >= 3, 10, "three failed logins")
@@ -467,9 +457,7 @@ async def test_tls_connection_with_ca_and_rejection_of_unknown_ca(tmp_path: Path
 # ---------------------------------------------------------------- status and last will
 
 
-async def test_status_online_is_retained_and_clean_exit_says_stopped(
-    broker: MosquittoBroker, instance: str
-) -> None:
+async def test_status_online_is_retained_and_clean_exit_says_stopped(broker: MosquittoBroker, instance: str) -> None:
     s = broker.control_settings(instance)
     # The probe subscribes after the plane is online: it sees the retained copy.
     async with running(s, StateHandler()), probe(broker, instance) as late:
@@ -551,9 +539,7 @@ async def test_broker_absent_at_start_then_started(own_broker: MosquittoBroker, 
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
-async def test_broker_restart_mid_run_is_survived(
-    own_broker: MosquittoBroker, instance: str, kill: bool
-) -> None:
+async def test_broker_restart_mid_run_is_survived(own_broker: MosquittoBroker, instance: str, kill: bool) -> None:
     own_broker.start()
     s = own_broker.control_settings(instance, offline_buffer=8)
     async with running(s, StateHandler()) as plane:
@@ -578,9 +564,7 @@ async def test_broker_restart_mid_run_is_survived(
 # ---------------------------------------------------------------- telemetry
 
 
-async def test_telemetry_rate_limit_keeps_latest_and_never_blocks(
-    broker: MosquittoBroker, instance: str
-) -> None:
+async def test_telemetry_rate_limit_keeps_latest_and_never_blocks(broker: MosquittoBroker, instance: str) -> None:
     rate = 10.0
     s = broker.control_settings(instance, telemetry_rate_hz=rate)
     async with probe(broker, instance, user="visuals") as p, running(s, StateHandler()) as plane:
@@ -606,9 +590,7 @@ async def test_telemetry_rate_limit_keeps_latest_and_never_blocks(
         assert statistics.median(calls) < 0.0005 and max(calls) < 0.05
 
 
-async def test_publish_rejects_bad_kinds_and_unencodable_payloads(
-    broker: MosquittoBroker, instance: str
-) -> None:
+async def test_publish_rejects_bad_kinds_and_unencodable_payloads(broker: MosquittoBroker, instance: str) -> None:
     plane = ControlPlane(broker.control_settings(instance), StateHandler())
     with pytest.raises(ValueError, match="short lowercase name"):
         plane.publish("Brain/#", {})

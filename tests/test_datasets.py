@@ -155,9 +155,7 @@ def test_corrupt_download_is_deleted(eegmat_dir: Path, tmp_path: Path) -> None:
 
 
 def test_unreachable_mirror(tmp_path: Path) -> None:
-    with pytest.raises(
-        DataError, match=r"Could not download file:///nonexistent-bh/SHA256SUMS.txt .*--data PATH"
-    ):
+    with pytest.raises(DataError, match=r"Could not download file:///nonexistent-bh/SHA256SUMS.txt .*--data PATH"):
         fetch("Subject00_1.edf", tmp_path, base_url="file:///nonexistent-bh/", progress=False)
     assert not list(tmp_path.iterdir())
 

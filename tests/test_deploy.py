@@ -45,11 +45,7 @@ def _env_example() -> dict[str, str]:
 
 
 def _acl_rules(text: str) -> list[str]:
-    return [
-        " ".join(line.split())
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _make_passwd(path: Path, passwords: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -139,9 +135,7 @@ def _unit() -> configparser.ConfigParser:
 def test_systemd_unit_restarts_on_failure_and_runs_unprivileged() -> None:
     unit = _unit()
     svc = unit["Service"]
-    assert (
-        svc["Restart"] == "on-failure" and svc["User"] not in ("", "root") and svc["NoNewPrivileges"] == "yes"
-    )
+    assert svc["Restart"] == "on-failure" and svc["User"] not in ("", "root") and svc["NoNewPrivileges"] == "yes"
     assert "--config /etc/brainharmonic/config.toml" in svc["ExecStart"]
     assert svc["EnvironmentFile"].lstrip("-") == "/etc/brainharmonic/env"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
@@ -155,12 +149,8 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify checks that ExecStart's program exists: point it at this Python, keep the arguments.
     unit = tmp_path / "brainharmonic.service"
     unit.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={sys.executable}", text, flags=re.M))
-    done = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
-    )
-    complaints = [
-        line for line in (done.stdout + done.stderr).splitlines() if "brainharmonic.service" in line
-    ]
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if "brainharmonic.service" in line]
     assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
 
 

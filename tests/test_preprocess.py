@@ -101,9 +101,7 @@ def test_nan_chunk_never_poisons_output_and_channel_recovers() -> None:
         last = round(w.t_end * FS)  # index of the window's last sample
         first = last - 1999
         reported = {c for c, reason in w.bad if reason == "nan"}
-        assert reported == {
-            c for c, (a, b) in {1: (3000, 3300), 2: (3100, 3105)}.items() if first < b and last >= a
-        }
+        assert reported == {c for c, (a, b) in {1: (3000, 3300), 2: (3100, 3105)}.items() if first < b and last >= a}
     # Long after recovery the channel behaves like its neighbours again.
     final = windows[-1].data
     assert _rms(final[1]) == pytest.approx(_rms(final[0]), rel=0.3)

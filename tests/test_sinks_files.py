@@ -68,14 +68,11 @@ async def test_midi_file_has_tempo_tracks_programs_and_the_notes(tmp_path: Path)
             assert ticks == 1008
     back = read_notes(path)
     assert [(n.pitch, n.velocity, n.channel, n.instrument) for n in back] == [
-        (n.pitch, n.velocity, n.channel, n.instrument)
-        for n in sorted(NOTES, key=lambda n: (n.time, n.channel))
+        (n.pitch, n.velocity, n.channel, n.instrument) for n in sorted(NOTES, key=lambda n: (n.time, n.channel))
     ]
     tick_s = 60 / TEMPO / 480
     for a, b in zip(back, sorted(NOTES, key=lambda n: (n.time, n.channel)), strict=True):
-        assert a.time == pytest.approx(b.time, abs=tick_s) and a.duration == pytest.approx(
-            b.duration, abs=tick_s
-        )
+        assert a.time == pytest.approx(b.time, abs=tick_s) and a.duration == pytest.approx(b.duration, abs=tick_s)
 
 
 async def test_midi_file_bytes_are_deterministic(tmp_path: Path) -> None:
@@ -108,9 +105,7 @@ async def test_file_sink_ends_notes_left_sounding(tmp_path: Path) -> None:
 
 
 def test_file_errors_name_the_path(tmp_path: Path) -> None:
-    with pytest.raises(
-        SinkError, match=r"Cannot write MIDI file .*/nope/x\.mid: folder .*nope does not exist"
-    ):
+    with pytest.raises(SinkError, match=r"Cannot write MIDI file .*/nope/x\.mid: folder .*nope does not exist"):
         MidiFileSink(tmp_path / "nope" / "x.mid").open(INSTRUMENTS, TEMPO)
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"not midi at all")
@@ -144,9 +139,7 @@ def test_render_wav_with_the_real_soundfont(tmp_path: Path) -> None:
 
 
 def test_missing_soundfont_says_how_to_get_one(tmp_path: Path) -> None:
-    with pytest.raises(
-        SinkError, match=r"SoundFont .*nope\.sf2 does not exist; .*apt install timgm6mb-soundfont"
-    ):
+    with pytest.raises(SinkError, match=r"SoundFont .*nope\.sf2 does not exist; .*apt install timgm6mb-soundfont"):
         render_wav(NOTES, INSTRUMENTS, tmp_path / "x.wav", soundfont=tmp_path / "nope.sf2")
     with pytest.raises(SinkError, match="--soundfont"):
         open_sink("synth", path=tmp_path / "x.wav", soundfont=tmp_path / "nope.sf2").open(INSTRUMENTS, TEMPO)

@@ -179,9 +179,7 @@ def test_no_jack_server_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SinkError, match=r"JACK server is not running; start one with `jackd -d dummy"):
         RtMidiSink(api="jack").open({}, 120.0)
     if not os.path.exists("/dev/snd/seq"):  # no ALSA either: nothing works
-        with pytest.raises(
-            SinkError, match=r"No MIDI system is running \(tried .*jack\): start one with `jackd"
-        ):
+        with pytest.raises(SinkError, match=r"No MIDI system is running \(tried .*jack\): start one with `jackd"):
             RtMidiSink(api="auto").open({}, 120.0)
         with pytest.raises(SinkError, match="No MIDI system is running"):
             list_ports()
@@ -191,11 +189,7 @@ def test_bad_api_and_no_port_choice() -> None:
     with pytest.raises(ConfigError, match="Unknown MIDI API 'pipewire'"):
         RtMidiSink(api="pipewire").open({}, 120.0)
     missing = next(a for a in ("winmm", "coremidi", "alsa", "jack") if a not in compiled_apis())
-    with pytest.raises(
-        SinkError, match=rf"MIDI API '{missing}' is not in this python-rtmidi build \(it has: "
-    ):
+    with pytest.raises(SinkError, match=rf"MIDI API '{missing}' is not in this python-rtmidi build \(it has: "):
         RtMidiSink(api=missing).open({}, 120.0)
-    with pytest.raises(
-        SinkError, match="No MIDI output chosen; pass --midi-port NAME or --virtual-port NAME"
-    ):
+    with pytest.raises(SinkError, match="No MIDI output chosen; pass --midi-port NAME or --virtual-port NAME"):
         RtMidiSink(port=None, virtual_name=None).open({}, 120.0)

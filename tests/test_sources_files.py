@@ -62,9 +62,7 @@ def test_pick_signal_keeps_eeg_typed_channels_only() -> None:
 
 
 def test_pick_signal_without_eeg_is_a_data_error() -> None:
-    raw = mne.io.RawArray(
-        np.zeros((2, 10)), mne.create_info(["ECG", "Status"], 100.0, "eeg"), verbose="error"
-    )
+    raw = mne.io.RawArray(np.zeros((2, 10)), mne.create_info(["ECG", "Status"], 100.0, "eeg"), verbose="error")
     with pytest.raises(DataError, match="No EEG channels left"):
         pick_signal(raw)
 
@@ -181,9 +179,7 @@ async def test_open_recordings_plays_rest_then_task(rest: Path, task: Path) -> N
     assert isinstance(src, Source) and src.realtime is False and src.info.sfreq == 500.0
     assert src.info.ch_names == tuple(f"EEG {n}" for n in EEG_NAMES)
     assert src.markers == [(0.0, "Subject00_1"), (2.0, "Subject00_2")]
-    expected = np.concatenate(
-        [pick_signal(read_raw(p)).get_data(start=500, stop=1500) for p in (rest, task)], axis=1
-    )
+    expected = np.concatenate([pick_signal(read_raw(p)).get_data(start=500, stop=1500) for p in (rest, task)], axis=1)
     async with src:
         chunks = [c async for c in src.chunks()]
     assert [c.n_samples for c in chunks[:-1]] == [64] * (len(chunks) - 1)
@@ -195,9 +191,7 @@ async def test_open_recordings_plays_rest_then_task(rest: Path, task: Path) -> N
     assert src.stats()["samples"] == 2000
 
 
-def test_open_recordings_reorders_channels_by_name(
-    segment: mne.io.BaseRaw, rest: Path, tmp_path: Path
-) -> None:
+def test_open_recordings_reorders_channels_by_name(segment: mne.io.BaseRaw, rest: Path, tmp_path: Path) -> None:
     shuffled = segment.copy().reorder_channels(segment.ch_names[::-1])
     path = tmp_path / "shuffled_raw.fif"
     shuffled.save(path, fmt="double", verbose="error")
@@ -210,18 +204,14 @@ def test_open_recordings_channel_mismatch(segment: mne.io.BaseRaw, rest: Path, t
     fewer = segment.copy().drop_channels(["EEG Fp1", "EEG O2"])
     path = tmp_path / "fewer_raw.fif"
     fewer.save(path, verbose="error")
-    with pytest.raises(
-        DataError, match=r"fewer_raw\.fif lacks EEG Fp1, EEG O2 compared with Subject00_1\.edf"
-    ):
+    with pytest.raises(DataError, match=r"fewer_raw\.fif lacks EEG Fp1, EEG O2 compared with Subject00_1\.edf"):
         open_recordings([rest, path], seconds=1.0)
 
 
 def test_open_recordings_rate_mismatch(segment: mne.io.BaseRaw, rest: Path, tmp_path: Path) -> None:
     path = tmp_path / "slow_raw.fif"
     segment.copy().resample(250, verbose="error").save(path, verbose="error")
-    with pytest.raises(
-        DataError, match=r"slow_raw\.fif is sampled at 250 Hz but the first recording at 500 Hz"
-    ):
+    with pytest.raises(DataError, match=r"slow_raw\.fif is sampled at 250 Hz but the first recording at 500 Hz"):
         open_recordings([rest, path], seconds=1.0)
 
 

@@ -74,9 +74,7 @@ class Kit:
         self.outlets: list[StreamOutlet] = []
         self.pushers: list[Pusher] = []
 
-    def outlet(
-        self, name: str, source_id: str, n_channels: int, sfreq: float, dtype: str = "float32"
-    ) -> StreamOutlet:
+    def outlet(self, name: str, source_id: str, n_channels: int, sfreq: float, dtype: str = "float32") -> StreamOutlet:
         info = StreamInfo(name, "EEG", n_channels, sfreq, dtype, source_id)
         info.set_channel_names([f"C{i}" for i in range(n_channels)])
         out = StreamOutlet(info)
@@ -143,9 +141,7 @@ def counting_raw(eegmat_dir: Path) -> mne.io.RawArray:
     return mne.io.RawArray(np.vstack([np.arange(data.shape[1]), data]), info, verbose="error")
 
 
-async def test_player_edf_arrives_in_order_without_gaps(
-    counting_raw: mne.io.RawArray, source_id: str
-) -> None:
+async def test_player_edf_arrives_in_order_without_gaps(counting_raw: mne.io.RawArray, source_id: str) -> None:
     player = make_player(counting_raw, name="bh-test-player", source_id=source_id, chunk_size=5, pick=False)
     player.start()
     try:
@@ -171,9 +167,7 @@ async def test_player_edf_arrives_in_order_without_gaps(
     assert stats["samples"] >= 600 and stats["dropped_chunks"] == 0
 
 
-@pytest.mark.parametrize(
-    ("n_channels", "sfreq"), [(4, 125.0), (64, 1000.0), (256, 250.0), (8, 16000.0)], ids=str
-)
+@pytest.mark.parametrize(("n_channels", "sfreq"), [(4, 125.0), (64, 1000.0), (256, 250.0), (8, 16000.0)], ids=str)
 async def test_channel_counts_and_rates(kit: Kit, source_id: str, n_channels: int, sfreq: float) -> None:
     out = kit.outlet(f"bh-rate-{n_channels}", source_id, n_channels, sfreq)
     kit.push(out, n_channels, sfreq)
@@ -198,9 +192,7 @@ async def test_selects_by_name_and_type(kit: Kit, source_id: str) -> None:
 async def test_not_found_lists_visible_streams(kit: Kit, source_id: str) -> None:
     kit.outlet(f"bh-visible-{source_id}", source_id, 2, 250.0)
     settings = StreamSettings(source_id=f"{source_id}-absent", timeout=0.5)
-    with pytest.raises(
-        StreamNotFoundError, match=rf"source_id '{source_id}-absent'.*bh-visible-{source_id}.*--stream"
-    ):
+    with pytest.raises(StreamNotFoundError, match=rf"source_id '{source_id}-absent'.*bh-visible-{source_id}.*--stream"):
         async with LSLSource(settings):
             pass
 

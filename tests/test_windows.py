@@ -104,9 +104,7 @@ def test_health_is_judged_on_the_raw_samples_of_each_window() -> None:
     for a in range(0, 2000, 50):
         windows += buf.push(clean[:, a : a + 50], stamps[a : a + 50], 0.0, raw=raw[:, a : a + 50])
     # windows end at samples 499, 749, ..., 1999 and span 500 samples
-    assert [w.bad for w in windows] == [
-        ((1, "nan"),) if 600 <= 249 + 250 * k + 250 < 1110 else () for k in range(7)
-    ]
+    assert [w.bad for w in windows] == [((1, "nan"),) if 600 <= 249 + 250 * k + 250 < 1110 else () for k in range(7)]
 
 
 def test_fmri_rate_windows() -> None:
@@ -119,9 +117,7 @@ def test_fmri_rate_windows() -> None:
 
 
 def test_windows_too_short_for_the_rate_are_a_config_error() -> None:
-    with pytest.raises(
-        ConfigError, match=r"window = 1 s holds 1 sample\(s\) at 1.389 Hz; set it to at least"
-    ):
+    with pytest.raises(ConfigError, match=r"window = 1 s holds 1 sample\(s\) at 1.389 Hz; set it to at least"):
         WindowBuffer(4, 1 / 0.72, window_s=1.0, hop_s=0.5)
     with pytest.raises(ConfigError, match=r"hop = 0.1 s is 0 sample\(s\)"):
         WindowBuffer(4, 1 / 0.72, window_s=60.0, hop_s=0.1)

@@ -24,9 +24,7 @@ def suggest_bands(sfreq: float) -> tuple[str, float]:
     top = 0.4 * sfreq
     edges = top / 16.0 ** (np.arange(3, -1, -1) / 3.0)  # 4 edges spanning a factor 16
     vals = [float(f"{e:.2g}") for e in edges]
-    snippet = ", ".join(
-        f"{name} = [{vals[k]:g}, {vals[k + 1]:g}]" for k, name in enumerate(("theta", "alpha", "beta"))
-    )
+    snippet = ", ".join(f"{name} = [{vals[k]:g}, {vals[k + 1]:g}]" for k, name in enumerate(("theta", "alpha", "beta")))
     window = float(f"{4.0 / (vals[1] - vals[0]):.2g}")
     return snippet, window
 

@@ -28,15 +28,11 @@ class ClassicBrain:
         self.bands = bands.as_dict()
         self.band_names = tuple(self.bands)
         check_bands(self.bands, info.sfreq)
-        self.groups: dict[str, tuple[int, ...]] = group_channels(
-            info.ch_names, signal.groups, signal.fallback_groups
-        )
+        self.groups: dict[str, tuple[int, ...]] = group_channels(info.ch_names, signal.groups, signal.fallback_groups)
         used = sorted({i for idx in self.groups.values() for i in idx})
         self._used = np.asarray(used, dtype=np.intp)
         self._pos = {ch: k for k, ch in enumerate(used)}  # channel index → row in the power matrix
-        self._group_rows = [
-            np.asarray([self._pos[i] for i in idx], dtype=np.intp) for idx in self.groups.values()
-        ]
+        self._group_rows = [np.asarray([self._pos[i] for i in idx], dtype=np.intp) for idx in self.groups.values()]
         n_window = round(signal.window * info.sfreq)
         self._bandpower: dict[int, BandPower] = {n_window: BandPower(info.sfreq, n_window, self.bands)}
         self.normalizer = BaselineNormalizer(signal.baseline, signal.adapt, signal.z_clip)

@@ -74,9 +74,7 @@ def free_port() -> int:
 def _tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
     if path is None:
-        raise BrainharmonicError(
-            f"{name} is not installed; install mosquitto (e.g. `apt install mosquitto`)."
-        )
+        raise BrainharmonicError(f"{name} is not installed; install mosquitto (e.g. `apt install mosquitto`).")
     return path
 
 
@@ -84,14 +82,10 @@ def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
     """Write ``users`` (name → password) as a mosquitto password file, hashed by ``mosquitto_passwd``."""
     for name in users:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            raise BrainharmonicError(
-                f"Broker user name {name!r} must be 1-64 letters, digits, '_', '.' or '-'."
-            )
+            raise BrainharmonicError(f"Broker user name {name!r} must be 1-64 letters, digits, '_', '.' or '-'.")
     path.write_text("".join(f"{name}:{password}\n" for name, password in users.items()))
     path.chmod(0o600)
-    done = subprocess.run(
-        [_tool("mosquitto_passwd"), "-U", str(path)], capture_output=True, text=True, timeout=30
-    )
+    done = subprocess.run([_tool("mosquitto_passwd"), "-U", str(path)], capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         raise BrainharmonicError(
             f"mosquitto_passwd could not hash {path}: {done.stderr.strip() or done.stdout.strip()}."
@@ -99,9 +93,7 @@ def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
     return path
 
 
-def adapt_config(
-    text: str, port: int, password_file: Path, acl_file: Path, tls: TlsFiles | None = None
-) -> str:
+def adapt_config(text: str, port: int, password_file: Path, acl_file: Path, tls: TlsFiles | None = None) -> str:
     """Make a production ``mosquitto.conf`` runnable here: loopback ``port``, local auth files.
 
     Rewrites the first ``listener`` (port and bind address) and the ``password_file`` / ``acl_file``
@@ -196,9 +188,7 @@ class MosquittoBroker:
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self.password_file = (
-            write_password_file(self.workdir / "passwd", self.users)
-            if password_file is None
-            else password_file
+            write_password_file(self.workdir / "passwd", self.users) if password_file is None else password_file
         )
         self.acl_file = self.workdir / "acl"
         self.acl_file.write_text(acl)
@@ -294,9 +284,7 @@ class MosquittoBroker:
             args["tls_params"] = aiomqtt.TLSParameters(ca_certs=str(self.tls.ca))
         return args
 
-    def control_settings(
-        self, instance: str, user: str = "brainharmonic", **overrides: Any
-    ) -> ControlSettings:
+    def control_settings(self, instance: str, user: str = "brainharmonic", **overrides: Any) -> ControlSettings:
         """ControlSettings for a service logging in as ``user``; ``overrides`` replace any field."""
         values: dict[str, Any] = {
             "enabled": True,

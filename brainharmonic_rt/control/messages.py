@@ -379,9 +379,7 @@ class MusicTelemetry(Payload):
     chord: str | None = Field(default=None, max_length=32, description="Current chord symbol, e.g. 'Dm7'.")
     tempo: Annotated[float, Field(ge=20, le=300)]
     mode: ModeName
-    beat: Annotated[float, Field(ge=0)] | None = Field(
-        default=None, description="Beats since the session start."
-    )
+    beat: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Beats since the session start.")
     notes: dict[str, list[MidiNote]] = Field(
         default_factory=dict, description="Instrument → MIDI pitches sounding now."
     )

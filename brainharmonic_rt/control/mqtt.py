@@ -129,9 +129,7 @@ class ControlPlane:
     ``offline`` status (when connected) and disconnects cleanly.
     """
 
-    def __init__(
-        self, settings: ControlSettings, handler: CommandHandler, *, handler_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, settings: ControlSettings, handler: CommandHandler, *, handler_timeout: float = 5.0) -> None:
         self.settings = settings
         self.topics = Topics.for_instance(settings.instance)
         self._handler = handler
@@ -359,9 +357,7 @@ class ControlPlane:
                 "control.password (BRAINHARMONIC_CONTROL__PASSWORD)."
             )
         elif self._n.connected_since is None:
-            text = (
-                f"{where} is not reachable ({exc}); is mosquitto running there? Retrying in the background."
-            )
+            text = f"{where} is not reachable ({exc}); is mosquitto running there? Retrying in the background."
         else:
             text = f"Lost the connection to {where} ({exc}); reconnecting in the background."
         self._n.last_error = text
@@ -424,9 +420,7 @@ class ControlPlane:
         self._n.commands_ok += 1
         await client.publish(self.topics.reply, data, qos=1)
 
-    async def _reject(
-        self, client: aiomqtt.Client, cid: str | None, kind: str | None, exc: CommandError
-    ) -> None:
+    async def _reject(self, client: aiomqtt.Client, cid: str | None, kind: str | None, exc: CommandError) -> None:
         self._n.commands_rejected += 1
         err = ErrorReply(id=cid, cmd=kind, field=exc.field, reason=exc.reason, message=str(exc))
         log.info("Rejected command: %s", exc)
@@ -471,9 +465,7 @@ def _tls_params(settings: ControlSettings) -> aiomqtt.TLSParameters | None:
     for name in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(settings, name)
         if path is not None and not path.is_file():
-            raise ConfigError(
-                f"control.{name} = {path} does not exist; give the path of a PEM file or remove it."
-            )
+            raise ConfigError(f"control.{name} = {path} does not exist; give the path of a PEM file or remove it.")
     return aiomqtt.TLSParameters(
         ca_certs=str(settings.tls_ca),
         certfile=None if settings.tls_cert is None else str(settings.tls_cert),

@@ -146,9 +146,7 @@ def group_channels(
     }
 
 
-def _apply_overrides(
-    ch_names: Sequence[str], overrides: Mapping[str, Sequence[str]]
-) -> dict[str, tuple[int, ...]]:
+def _apply_overrides(ch_names: Sequence[str], overrides: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, ...]]:
     exact = {n: i for i, n in enumerate(ch_names)}
     by_clean: dict[str, int] = {}
     for k, n in enumerate(ch_names):

@@ -58,9 +58,7 @@ class WindowBuffer:
         if self.health is not None:
             self.health.reset()
 
-    def push(
-        self, data: np.ndarray, stamps: np.ndarray, t0: float, raw: np.ndarray | None = None
-    ) -> list[Window]:
+    def push(self, data: np.ndarray, stamps: np.ndarray, t0: float, raw: np.ndarray | None = None) -> list[Window]:
         """Add a chunk; return the windows it completes (zero, one or several).
 
         data : array of shape (n_channels, n_samples), preprocessed samples.

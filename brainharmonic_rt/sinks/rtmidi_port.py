@@ -33,9 +33,7 @@ def _rtmidi() -> Any:
     try:
         import rtmidi
     except ImportError as exc:  # pragma: no cover - a dependency
-        raise SinkError(
-            f"python-rtmidi cannot be imported ({exc}); run `pip install python-rtmidi`."
-        ) from None
+        raise SinkError(f"python-rtmidi cannot be imported ({exc}); run `pip install python-rtmidi`.") from None
     return rtmidi
 
 
@@ -157,8 +155,7 @@ def format_ports(ports: dict[str, dict[str, list[str]]]) -> str:
                 lines.extend(f"  {n}" for n in names)
             else:
                 lines.append(
-                    "  (none)"
-                    + ("; `brainharmonic run` opens a virtual port" if direction == "outputs" else "")
+                    "  (none)" + ("; `brainharmonic run` opens a virtual port" if direction == "outputs" else "")
                 )
     return "\n".join(lines)
 

@@ -176,6 +176,4 @@ class SynthSink:
         channels = {m.channel for _, m in events if hasattr(m, "channel")}
         for ch in sorted(channels):
             events.append((end, mido.Message("control_change", channel=ch, control=123, value=0)))
-        render_events(
-            events, self.path, soundfont=self.soundfont, sample_rate=self.sample_rate, tail=self.tail
-        )
+        render_events(events, self.path, soundfont=self.soundfont, sample_rate=self.sample_rate, tail=self.tail)

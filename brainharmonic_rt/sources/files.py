@@ -139,9 +139,7 @@ def _read_bids(sel: BIDSSelector, path: Path, preload: bool) -> mne.io.BaseRaw:
 
     root = Path(sel.root if sel.root is not None else path).expanduser()
     if not (root / "dataset_description.json").is_file():
-        raise DataError(
-            f"{root} is not a BIDS dataset (no dataset_description.json); pass the BIDS root folder."
-        )
+        raise DataError(f"{root} is not a BIDS dataset (no dataset_description.json); pass the BIDS root folder.")
     with _quiet():
         matches: list[BIDSPath] = find_matching_paths(
             root,
@@ -248,9 +246,7 @@ class ArraySource:
     ) -> None:
         arr = np.asarray(data, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[0] != info.n_channels:
-            raise ValueError(
-                f"data must have shape ({info.n_channels}, n_samples) for {info.name!r}, got {arr.shape}"
-            )
+            raise ValueError(f"data must have shape ({info.n_channels}, n_samples) for {info.name!r}, got {arr.shape}")
         if timestamps is None:
             ts = np.arange(arr.shape[1], dtype=np.float64) / info.sfreq
         else:
@@ -352,8 +348,7 @@ def open_recordings(
         stem = path.name.split(".")[0]
         if start >= raw.times[-1]:
             raise DataError(
-                f"start ({start:g} s) is past the end of {path} ({raw.times[-1]:.1f} s long); "
-                "choose an earlier start."
+                f"start ({start:g} s) is past the end of {path} ({raw.times[-1]:.1f} s long); choose an earlier start."
             )
         if first is None:
             first = raw

@@ -34,9 +34,7 @@ def read_fmri(path: str | Path, tr: float = HCP_TR, *, chunk_size: int = 1) -> A
     if not (0 < tr <= 60 and np.isfinite(tr)):
         raise DataError(f"TR {tr!r} s for {path} is not a positive number of seconds; pass e.g. --tr 0.72.")
     if not path.is_file():
-        raise DataError(
-            f"fMRI file {path} does not exist; check the path (e.g. .../fmri/<subject>/<run>.npy)."
-        )
+        raise DataError(f"fMRI file {path} does not exist; check the path (e.g. .../fmri/<subject>/<run>.npy).")
     if path.suffix.lower() != ".npy":
         raise DataError(f"fMRI file {path} is not a .npy file; save the region time series with numpy.save.")
     try:

@@ -74,10 +74,7 @@ def format_streams(streams: list[dict[str, Any]]) -> str:
         return "No LSL streams visible."
     cols = ("name", "type", "source_id", "n_channels", "sfreq", "format", "hostname")
     heads = ("NAME", "TYPE", "SOURCE_ID", "CHANNELS", "RATE (Hz)", "FORMAT", "HOST")
-    rows = [
-        [str(s[c]) if c != "sfreq" else ("irregular" if s[c] == 0 else f"{s[c]:g}") for c in cols]
-        for s in streams
-    ]
+    rows = [[str(s[c]) if c != "sfreq" else ("irregular" if s[c] == 0 else f"{s[c]:g}") for c in cols] for s in streams]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -110,8 +107,7 @@ def _refusal(d: dict[str, Any]) -> str | None:
     what = f"LSL stream {_one_line(d)}"
     if d["format"] == "string":
         return (
-            f"{what} carries text (string format), not signal samples; "
-            "select a numeric EEG stream with --stream NAME."
+            f"{what} carries text (string format), not signal samples; select a numeric EEG stream with --stream NAME."
         )
     if d["sfreq"] == 0:
         return (
@@ -313,8 +309,7 @@ class LSLSource:
                 return eeg[0][0]
             listing = "; ".join(_one_line(d) for _, d in usable)
             raise StreamNotFoundError(
-                f"Several LSL streams are visible ({listing}); select one with --stream NAME "
-                "(or by type / source_id)."
+                f"Several LSL streams are visible ({listing}); select one with --stream NAME (or by type / source_id)."
             )
         # Several matches with a selector: the newest outlet is the live one.
         return max(usable, key=lambda u: u[0].created_at)[0]

@@ -1,0 +1,56 @@
+"""Cost of each in-process stage on one core: signal chain per chunk, brain + composer per window.
+
+    python benchmarks/bench_stages.py [--channels 64] [--rate 1000] [--chunk 1] [--seconds 60]
+Synthetic noise input (the cost does not depend on the content). Quote medians and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+from _common import header, summary
+
+from brainharmonic_rt.config import load_settings
+from brainharmonic_rt.events import Chunk, SignalInfo
+from brainharmonic_rt.pipeline import Engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--channels", type=int, default=64)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--chunk", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    header(f"stage costs, {args.channels} ch @ {args.rate:g} Hz, chunks of {args.chunk} sample(s), one core")
+    info = SignalInfo("bench", args.rate, tuple(f"E{i + 1}" for i in range(args.channels)))
+    engine = Engine(info, load_settings(signal={"baseline": 5.0}))
+    rng = np.random.default_rng(0)
+    block = 1e-5 * rng.standard_normal((args.channels, int(args.rate)))
+    plain, completing, compose = [], [], []
+    n_chunks = int(args.seconds * args.rate / args.chunk)
+    for k in range(n_chunks):
+        a = (k * args.chunk) % (block.shape[1] - args.chunk)
+        chunk = Chunk(block[:, a : a + args.chunk].copy(), (k * args.chunk + np.arange(args.chunk)) / args.rate)
+        t0 = time.perf_counter()
+        windows = engine.windows(chunk)
+        t1 = time.perf_counter()
+        (completing if windows else plain).append((t1 - t0) * 1e3)
+        for w in windows:
+            t2 = time.perf_counter()
+            engine.compose(w)
+            compose.append((time.perf_counter() - t2) * 1e3)
+    print(f"signal chain, chunk without a new window: {summary(plain)}")
+    print(f"signal chain, chunk completing a window:  {summary(completing)}")
+    print(f"brain + composer per window:              {summary(compose)}")
+    total = np.asarray(completing[: len(compose)]) + np.asarray(compose)
+    print(f"window-completing chunk -> notes, total:  {summary(total)}")
+
+
+if __name__ == "__main__":
+    main()
