@@ -61,9 +61,9 @@ class StreamSettings(_Section):
 class BandSettings(_Section):
     """Frequency bands (Hz) whose power drives the music."""
 
-    theta: tuple[Hz, Hz] = (4.0, 8.0)
-    alpha: tuple[Hz, Hz] = (8.0, 13.0)
-    beta: tuple[Hz, Hz] = (13.0, 30.0)
+    theta: tuple[Hz, Hz] = Field((4.0, 8.0), description="Low band (Hz); drives note length.")
+    alpha: tuple[Hz, Hz] = Field((8.0, 13.0), description="Middle band (Hz); up = softer, lower, sparser.")
+    beta: tuple[Hz, Hz] = Field((13.0, 30.0), description="High band (Hz); up = denser, higher, louder.")
 
     @model_validator(mode="after")
     def _ordered(self) -> BandSettings:
@@ -129,9 +129,13 @@ class InstrumentSettings(_Section):
     channel: MidiChannel = Field(0, description="MIDI channel (0-based; 9 is GM percussion).")
     low: MidiNote = Field(48, description="Lowest note of the register.")
     high: MidiNote = Field(84, description="Highest note of the register.")
-    velocity: tuple[Annotated[int, Field(ge=1, le=127)], Annotated[int, Field(ge=1, le=127)]] = (40, 100)
-    role: Literal["bass", "harmony", "melody", "texture", "percussion"] = "melody"
-    muted: bool = False
+    velocity: tuple[Annotated[int, Field(ge=1, le=127)], Annotated[int, Field(ge=1, le=127)]] = Field(
+        (40, 100), description="Velocity range (min, max)."
+    )
+    role: Literal["bass", "harmony", "melody", "texture", "percussion"] = Field(
+        "melody", description="What the instrument plays: bass, harmony, melody, texture or percussion."
+    )
+    muted: bool = Field(False, description="Silence this instrument.")
 
     @model_validator(mode="after")
     def _ranges(self) -> InstrumentSettings:
@@ -147,8 +151,10 @@ class MusicSettings(_Section):
 
     mode: ModeName = Field("classic", description="classic (band powers) or learned (models).")
     tempo: Annotated[float, Field(ge=20, le=300)] = Field(96.0, description="Beats per minute.")
-    key: KeyName = "D"
-    scale: ScaleName = "dorian"
+    key: KeyName = Field("D", description="Tonic: C, C#/Db, D, ... B.")
+    scale: ScaleName = Field(
+        "dorian", description="major, minor, dorian, mixolydian, pentatonic, minor_pentatonic or blues."
+    )
     steps_per_beat: Annotated[int, Field(ge=1, le=8)] = Field(4, description="Grid resolution (4 = sixteenths).")
     lookahead: Annotated[float, Field(ge=0, le=5)] = Field(
         0.15, description="Seconds between a window's end and the first note it may schedule."
@@ -220,9 +226,32 @@ class ControlSettings(_Section):
     reconnect_max: Annotated[float, Field(gt=0, le=600)] = Field(
         default=30.0, description="Longest reconnect delay (s); the delay doubles up to this."
     )
+    # Multi-performer sync (see brainharmonic_rt.control.sync).
+    lead: bool = Field(default=False, description="Publish this instance's beat clock for followers (sync/beat).")
+    follow: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Instance whose beat clock (tempo, grid phase, key, chords) this one follows.",
+    )
+    takeover: bool = Field(
+        default=False,
+        description="When the followed leader is lost, the follower with the lowest instance name leads the "
+        "others; otherwise each follower keeps time alone.",
+    )
+    sync_lost_after: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=1.5, description="Seconds without a beat message after which a leader counts as lost."
+    )
+    sync_smoothing: Annotated[float, Field(gt=0, le=30)] = Field(
+        default=1.0, description="Seconds over which a follower closes a small phase error (large ones snap)."
+    )
+    sync_max_adjust: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        default=0.05, description="Largest tempo nudge (fraction) a follower uses to close a phase error."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlSettings:
+        if self.follow is not None and self.follow == self.instance:
+            raise ValueError(f"control.follow names this instance itself ({self.instance!r}); name the leader")
         if self.reconnect_min > self.reconnect_max:
             raise ValueError(
                 f"reconnect_min ({self.reconnect_min} s) must not exceed reconnect_max ({self.reconnect_max} s)"

@@ -173,3 +173,21 @@ def test_no_torch_in_the_runtime() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_demo_writes_mid_wav_png_and_a_summary(eegmat_dir: Path, tmp_path: Path) -> None:
+    r = bh("demo", "--data", str(eegmat_dir), "--seconds", "30", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("demo.mid", "demo.wav", "demo.png", "demo.jsonl"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000, name
+    assert "[rest]" in r.stdout and "[mental arithmetic]" in r.stdout
+    assert len(mido.MidiFile(tmp_path / "out" / "demo.mid").tracks) >= 4
+
+
+def test_fmri_npy_renders_with_its_preset(tmp_path: Path) -> None:
+    fmri = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmri" / "100206" / "rfMRI_REST1_LR.npy"
+    if not fmri.exists():
+        pytest.skip(f"fMRI sample data not present at {fmri}")
+    r = bh("render", str(fmri), "--out", str(tmp_path / "f.mid"), "--seconds", "400")
+    assert r.returncode == 0, r.stderr
+    assert "379 channels" in r.stdout and mido.MidiFile(tmp_path / "f.mid").length > 100
