@@ -78,6 +78,9 @@ async def main() -> None:
     ap.add_argument("--dispatch", default="thread", choices=["thread", "asyncio"])
     ap.add_argument("--switch", type=float, default=0.0002, help="GIL switch interval while running (0 = leave)")
     args = ap.parse_args()
+    from _common import header
+
+    header(f"MIDI output timing on a JACK loopback (dispatch={args.dispatch}, load={args.load})")
     os.environ.setdefault("JACK_NO_START_SERVER", "1")
     from brainharmonic_rt.config import InstrumentSettings
     from brainharmonic_rt.events import Note
