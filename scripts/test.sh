@@ -7,4 +7,4 @@ bash scripts/bootstrap.sh test
 .venv/bin/ruff check brainharmonic_rt tests benchmarks
 .venv/bin/ruff format --check brainharmonic_rt tests benchmarks
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -rs "$@"

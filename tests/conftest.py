@@ -26,6 +26,9 @@ _LSL_DIR = Path(tempfile.mkdtemp(prefix="bh-lsl-"))
 os.environ["LSLAPICFG"] = str(_LSL_DIR / "lsl_api.cfg")
 os.environ.setdefault("MNE_LSL_LOG_LEVEL", "WARNING")
 os.environ["JACK_NO_START_SERVER"] = "1"  # never let a client autostart a server behind our back
+# The tests' own JACK server, by name, so a server someone else runs (a studio setup, a benchmark at other
+# settings) is never used or disturbed. Every JACK client made here and in subprocesses connects to it.
+os.environ["JACK_DEFAULT_SERVER"] = f"bh-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +46,7 @@ def source_id() -> str:
 
 
 def _jack_running() -> bool:
+    """Whether the tests' server (JACK_DEFAULT_SERVER) answers."""
     return subprocess.run(["jack_lsp"], capture_output=True, timeout=10).returncode == 0
 
 
@@ -51,9 +55,6 @@ def jack_server() -> Iterator[None]:
     """A real JACK server with the dummy driver (no sound card needed)."""
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed; run `sudo scripts/install-system-deps.sh` first.")
-    if _jack_running():
-        yield
-        return
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
     # -R: realtime scheduling where the OS allows it (jackd falls back by itself where not). Measured on
     # this 2-core box: without it the dummy driver xruns under load and drops MIDI messages now and then.
@@ -61,7 +62,7 @@ def jack_server() -> Iterator[None]:
     # MIDI reader now and then sees a stale event again (measured: 1 run in 6 with both cores busy, 0 of 6
     # at 256). Tests assert order and pairing with loose timing; benchmarks/ measure timing at 64 frames.
     proc = subprocess.Popen(
-        ["jackd", "-R", "-d", "dummy", "-r", "48000", "-p", "256"],
+        ["jackd", "-R", "-n", os.environ["JACK_DEFAULT_SERVER"], "-d", "dummy", "-r", "48000", "-p", "256"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
