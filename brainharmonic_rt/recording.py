@@ -103,6 +103,8 @@ class SessionRecorder:
             rec["bad"] = [list(b) for b in state.bad]
         if state.token is not None:
             rec["token"] = state.token
+        if state.latent is not None:
+            rec["latent"] = [round(float(v), 5) for v in state.latent]
         self._files["states"].write(json.dumps(rec, allow_nan=False, default=_finite) + "\n")
 
     def write_notes(self, notes: list[Note]) -> None:

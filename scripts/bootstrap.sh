@@ -11,5 +11,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 extra=""
-[ "${1:-}" = "test" ] && extra="[test]"
+[ "${1:-}" = "test" ] && extra="[test,train]"  # the tests train tiny models, so they need torch (CPU wheel)
 .venv/bin/python -m pip install -q -e ".${extra}"

@@ -1,0 +1,165 @@
+"""Training the encoder (torch, the [train] extra): a tiny real run, ONNX export, parity, runtime load."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainharmonic_rt.brain.encoder import EncoderModel, EncoderSpec, LearnedBrain
+from brainharmonic_rt.brain.modelcard import read_section
+from brainharmonic_rt.brain.sessions import discover_sessions, open_session, prepare_arrays
+from brainharmonic_rt.config import BandSettings, EncoderSettings, SignalSettings
+from brainharmonic_rt.errors import ConfigError, DataError, ModelError
+from brainharmonic_rt.training.cli_train import (
+    add_export_arguments,
+    add_train_arguments,
+    export_encoder,
+    split_subjects,
+    train_encoder,
+)
+from brainharmonic_rt.training.data import AugmentConfig, PairSampler
+from brainharmonic_rt.training.export import PARITY_ATOL, parity
+from brainharmonic_rt.training.loop import contrastive, load_encoder
+from brainharmonic_rt.training.model import Codebook, EEGEncoder, ExportWrapper, ModelConfig, perplexity
+
+SUBJECTS = "Subject00,Subject01,Subject02"
+
+
+def train_args(data: Path, out: Path, *extra: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    return p.parse_args(["--data", str(data), "--out", str(out), "--subjects", SUBJECTS, "--seconds", "30",
+                         "--steps", "6", "--pairs", "16", "--no-progress", *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(eegmat_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few steps of real training on 3 subjects x 30 s; returns the ONNX path."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("enc") / "encoder.onnx"
+    assert train_encoder(train_args(eegmat_dir, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def rest_arrays(eegmat_dir: Path):
+    files = discover_sessions(eegmat_dir, ["Subject00"])[0]
+    spec = EncoderSpec(125.0, 250, 32, 64, (1.0, 40.0), 20.0, "test")
+    return prepare_arrays(open_session(files, seconds=40), SignalSettings(hop=0.5), spec)
+
+
+def test_tiny_training_writes_model_checkpoint_and_card(tiny: Path) -> None:
+    assert tiny.is_file() and tiny.with_suffix(".pt").is_file()
+    model = EncoderModel.load(EncoderSettings(model=tiny))
+    meta = model.model.meta
+    assert meta["train_subjects"] == "Subject00,Subject01" and meta["val_subjects"] == "Subject02"
+    assert meta["seed"] == "0" and meta["steps"] == "6" and model.spec.version.startswith("0.")
+    card = read_section(tiny.with_suffix(".md"), "training")
+    assert card is not None and "Train subjects (2): Subject00, Subject01" in card
+    assert "validation perplexity" in card and "training" in card
+
+
+def test_exported_model_matches_torch_within_1e4(tiny: Path, rest_arrays) -> None:
+    ckpt = torch.load(tiny.with_suffix(".pt"), weights_only=True)
+    encoder = load_encoder(ckpt)
+    spec = EncoderModel.load(EncoderSettings(model=tiny)).spec
+    assert parity(encoder, tiny, spec) <= PARITY_ATOL
+    # And on real prepared windows (19 channels, 5 groups, batch 8).
+    x = torch.from_numpy(rest_arrays.x[:8])
+    region = torch.from_numpy(rest_arrays.region)
+    mask = torch.from_numpy(np.stack([rest_arrays.region == g for g in range(1, 6)]).astype(np.float32))
+    with torch.no_grad():
+        ref = [t.numpy() for t in ExportWrapper(encoder)(x, region, mask)]
+    got = EncoderModel.load(EncoderSettings(model=tiny)).encode(x.numpy(), region.numpy(), mask.numpy())
+    assert np.max(np.abs(ref[0] - got[0])) <= PARITY_ATOL and np.max(np.abs(ref[1] - got[1])) <= PARITY_ATOL
+    assert np.array_equal(ref[2], got[2])
+
+
+def test_runtime_serves_the_freshly_trained_model(tiny: Path, eegmat_dir: Path) -> None:
+    from brainharmonic_rt.brain.sessions import session_windows
+
+    files = discover_sessions(eegmat_dir, ["Subject03"])[0]
+    session = open_session(files, seconds=8)
+    brain = LearnedBrain(session.info, SignalSettings(), BandSettings(), EncoderSettings(model=tiny))
+    states = [brain.process(w) for w in session_windows(session, SignalSettings())]
+    assert len(states) > 20 and all(s.latent is not None and s.token is not None for s in states)
+
+
+def test_training_is_reproducible_for_a_seed(tiny: Path, eegmat_dir: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again.onnx"
+    other = tmp_path / "other.onnx"
+    train_encoder(train_args(eegmat_dir, again))
+    train_encoder(train_args(eegmat_dir, other, "--seed", "1"))
+    version = {p: EncoderModel.load(EncoderSettings(model=p)).spec.version for p in (tiny, again, other)}
+    assert version[tiny] == version[again]  # the version suffix hashes the weights
+    assert version[tiny] != version[other]
+
+
+def test_export_command_rebuilds_the_same_model(tiny: Path, tmp_path: Path, rest_arrays) -> None:
+    p = argparse.ArgumentParser()
+    add_export_arguments(p)
+    out = tmp_path / "re.onnx"
+    assert export_encoder(p.parse_args(["--checkpoint", str(tiny.with_suffix(".pt")), "--out", str(out)])) == 0
+    a, b = (EncoderModel.load(EncoderSettings(model=m)) for m in (tiny, out))
+    assert a.model.meta == b.model.meta
+    x, region = rest_arrays.x[:2], rest_arrays.region
+    mask = np.ones((1, x.shape[1]), dtype=np.float32)
+    ra, rb = a.encode(x, region, mask), b.encode(x, region, mask)
+    assert all(np.array_equal(u, v) for u, v in zip(ra, rb, strict=True))
+    with pytest.raises(ModelError, match=r"Checkpoint .*missing\.pt does not exist"):
+        export_encoder(p.parse_args(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]))
+
+
+def test_pairs_are_temporal_neighbours_of_one_recording(rest_arrays) -> None:
+    aug = AugmentConfig()
+    sampler = PairSampler([rest_arrays], aug)
+    batch = sampler.sample(np.random.default_rng(0), 64)
+    lag = (batch.t_a - batch.t_b).abs()
+    assert ((lag >= aug.min_lag - 1e-9) & (lag <= aug.max_lag + 1e-9)).all()
+    assert torch.equal(batch.segment_a, batch.segment_b)
+    assert 2 <= batch.a.x.shape[1] <= 19 and batch.a.x.shape[2] == 250
+    assert batch.a.group_mask.shape == (64, 5, batch.a.x.shape[1])
+    # Every channel sits in exactly one region group (eegmat names are all 10-20).
+    assert torch.all(batch.a.group_mask.sum(1) == 1)
+
+
+def test_contrastive_loss_rewards_matching_neighbours() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 32
+    seg = torch.arange(n).repeat(2)
+    t = torch.zeros(2 * n, dtype=torch.float64)
+    base = torch.randn(n, 16, generator=gen)
+    matched = contrastive(torch.cat([base, base + 0.01 * torch.randn(n, 16, generator=gen)]), seg, t, 8.0, 0.1)
+    random = contrastive(torch.randn(2 * n, 16, generator=gen), seg, t, 8.0, 0.1)
+    assert matched < 0.2 < random
+
+
+def test_codebook_restarts_dead_codes() -> None:
+    torch.manual_seed(0)
+    enc = EEGEncoder(ModelConfig(codebook_size=16))
+    cb = Codebook(enc)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(256, 32, generator=gen)
+    enc.codebook[:] = torch.nn.functional.normalize(torch.ones(16, 32), dim=-1)  # collapsed: all codes equal
+    cb.count.fill_(0.0)
+    cb.count[0] = 1.0
+    assert perplexity(enc.tokens(z), 16) == 1.0
+    assert cb.restart_dead(z, gen) == 15
+    assert perplexity(enc.tokens(z), 16) > 8.0
+
+
+def test_subject_split_and_bad_options(eegmat_dir: Path, tmp_path: Path) -> None:
+    sessions = discover_sessions(eegmat_dir)
+    train, val = split_subjects(sessions, "auto")
+    assert val == ["Subject03", "Subject07", "Subject11", "Subject15", "Subject19", "Subject23"]
+    assert len(train) == 18 and not set(train) & set(val)
+    with pytest.raises(DataError, match=r"Validation subject.*Subject99.*fix --val-subjects"):
+        split_subjects(sessions, "Subject99")
+    with pytest.raises(DataError, match="does not exist; pass --data"):
+        train_encoder(train_args(tmp_path / "nowhere", tmp_path / "x.onnx"))
+    with pytest.raises(ConfigError, match="--steps must be >= 1"):
+        train_encoder(train_args(eegmat_dir, tmp_path / "x.onnx", "--steps", "0"))
