@@ -73,7 +73,8 @@ def test_group_power_averages_good_channels_only() -> None:
     state = brain.process(_window(x, 2.0, bad=((0, "railing"),)))
     frontal, occipital = state.group("frontal"), state.group("occipital")
     assert frontal.n_good == 2 and occipital.n_good == 2
-    expected = np.log10(BandPower(FS, 1000, BANDS).compute(x[1:3]).mean(axis=0))
+    # The brain skips samples after the causal low-pass (decimation_step); same band powers, cheaper FFT.
+    expected = np.log10(BandPower(FS, 1000, BANDS, step=brain._step).compute(x[1:3]).mean(axis=0))
     assert [frontal.power[b] for b in ("theta", "alpha", "beta")] == pytest.approx(list(expected))
     assert occipital.power["alpha"] > frontal.power["alpha"] + 0.5
     assert state.bad == (("EEG Fp1", "railing"),)
@@ -251,3 +252,20 @@ def test_fmri_rate_with_slow_bands(eegmat_dir: Path) -> None:
     assert states[0].calibrating and not states[-1].calibrating
     assert all(np.isfinite(g.power[b]) for s in states for g in s.groups for b in g.power)
     assert len({round(s.z_mean["alpha"], 3) for s in states}) > 100  # the scores move
+
+
+def test_decimated_band_power_matches_full_rate_on_low_passed_signal() -> None:
+    """Skipping samples after the 40 Hz low-pass changes band powers by well under 1 %."""
+    from scipy.signal import butter, sosfilt
+
+    from brainharmonic_rt.brain.bandpower import decimation_step
+
+    fs, n = 1000.0, 2000
+    rng = np.random.default_rng(1)
+    x = sosfilt(butter(8, [1.0, 40.0], btype="bandpass", fs=fs, output="sos"), rng.standard_normal((4, 8 * n)))[:, -n:]
+    step = decimation_step(fs, (1.0, 40.0), BANDS)
+    assert step == 8
+    full = BandPower(fs, n, BANDS).compute(x)
+    fast = BandPower(fs, n, BANDS, step=step).compute(x)
+    assert np.allclose(np.log10(fast), np.log10(full), atol=0.02)
+    assert decimation_step(fs, None, BANDS) == 1

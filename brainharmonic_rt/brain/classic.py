@@ -9,7 +9,7 @@ import numpy as np
 from ..config import BandSettings, SignalSettings
 from ..events import BrainState, GroupState, SignalInfo, Window
 from ..signal.channels import group_channels
-from .bandpower import BandPower, check_bands
+from .bandpower import BandPower, check_bands, decimation_step
 from .normalize import BaselineNormalizer
 
 POWER_FLOOR = 1e-30  # log10 of an all-zero channel would be -inf
@@ -34,7 +34,8 @@ class ClassicBrain:
         self._pos = {ch: k for k, ch in enumerate(used)}  # channel index → row in the power matrix
         self._group_rows = [np.asarray([self._pos[i] for i in idx], dtype=np.intp) for idx in self.groups.values()]
         n_window = round(signal.window * info.sfreq)
-        self._bandpower: dict[int, BandPower] = {n_window: BandPower(info.sfreq, n_window, self.bands)}
+        self._step = decimation_step(info.sfreq, signal.bandpass, self.bands)
+        self._bandpower: dict[int, BandPower] = {n_window: BandPower(info.sfreq, n_window, self.bands, step=self._step)}
         self.normalizer = BaselineNormalizer(signal.baseline, signal.adapt, signal.z_clip)
         self._last_bad: tuple[tuple[str, str], ...] = ()
         self.n_windows = 0
@@ -44,7 +45,7 @@ class ClassicBrain:
         n_samples = window.data.shape[1]
         bp = self._bandpower.get(n_samples)
         if bp is None:
-            bp = self._bandpower[n_samples] = BandPower(self.info.sfreq, n_samples, self.bands)
+            bp = self._bandpower[n_samples] = BandPower(self.info.sfreq, n_samples, self.bands, step=self._step)
         if 2 * len(self._used) >= window.data.shape[0]:  # cheaper to transform all than to copy most
             power = bp.compute(window.data)[self._used]  # (n_used, n_bands)
         else:
