@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings, settings_to_toml
-from .errors import BrainharmonicError, DataError
+from .errors import BrainharmonicError, ConfigError, DataError
 
 log = logging.getLogger("brainharmonic")
 
@@ -45,6 +45,17 @@ def _add_music(p: argparse.ArgumentParser) -> None:
 
 def _music_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"seed": args.seed, "mode": args.mode, "tempo": args.tempo}
+
+
+def _control_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``run --mqtt HOST[:PORT] --instance NAME --lead --follow NAME`` as [control] settings."""
+    out: dict[str, Any] = {"instance": args.instance, "follow": args.follow, "lead": True if args.lead else None}
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":") if args.mqtt.count(":") == 1 else (args.mqtt, "", "")
+        if not host or (port and not port.isdigit()):
+            raise ConfigError(f"--mqtt {args.mqtt!r} is not HOST or HOST:PORT; write e.g. --mqtt 127.0.0.1:1883.")
+        out |= {"enabled": True, "host": host, "port": int(port) if port else None}
+    return out
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -264,13 +275,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sinks.midifile import MidiFileSink
     from .sources.lsl import LSLSource
 
-    settings = _settings(
-        args,
-        stream={"name": args.stream, "type": args.type, "source_id": args.source_id, "timeout": args.timeout},
-        music=_music_overrides(args),
-        output={"midi_port": args.midi_port, "virtual_port": args.virtual_port},
-        record={"dir": args.record},
-    )
+    sections: dict[str, dict[str, Any]] = {
+        "stream": {"name": args.stream, "type": args.type, "source_id": args.source_id, "timeout": args.timeout},
+        "music": _music_overrides(args),
+        "output": {"midi_port": args.midi_port, "virtual_port": args.virtual_port},
+        "record": {"dir": args.record},
+        "control": _control_overrides(args),
+    }
+    settings = _settings(args, **sections)
     if not (settings.stream.name or settings.stream.type or settings.stream.source_id):
         raise BrainharmonicError(
             "No stream selected; pass --stream NAME (or --type / --source-id); `brainharmonic streams` lists them."
@@ -300,7 +312,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, pipeline.stop, signal.Signals(sig).name)
-        await pipeline.run()
+        if not settings.control.enabled:
+            await pipeline.run()
+            return
+        from .control.live import LiveControl
+
+        overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+        config_file = Path(args.config) if args.config else None
+        async with LiveControl(pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}):
+            await pipeline.run()
 
     asyncio.run(main())
     snap = pipeline.snapshot()
@@ -327,6 +347,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     replay = Replay(Path(args.path), name=args.name, source_id=args.source_id, loop=args.loop, bids=bids)
     replay.serve_forever()
     return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .brain.embed import embed_command
+
+    source, recorded, _ = _open_input(args)
+    settings = recorded if recorded is not None else _settings(args)
+    return embed_command(args, source, settings)
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    from .training.cli_train import train_encoder
+
+    return train_encoder(args)
+
+
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from .training.cli_train import export_encoder
+
+    return export_encoder(args)
+
+
+def cmd_eval_encoder(args: argparse.Namespace) -> int:
+    from .brain.evaluate import eval_encoder
+
+    return eval_encoder(args)
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
@@ -361,6 +407,13 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     bids.add_argument("--session", help="BIDS session label.")
     bids.add_argument("--task", help="BIDS task label.")
     bids.add_argument("--run", help="BIDS run label.")
+
+
+def _add_lazy(p: argparse.ArgumentParser, module: str, func: str) -> None:
+    """Options defined next to the code that uses them (imported lazily: no torch at CLI start)."""
+    import importlib
+
+    getattr(importlib.import_module(module), func)(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="Write a session folder under DIR.")
     p.add_argument("--mid", metavar="OUT.mid", help="Also write the notes to a MIDI file.")
     p.add_argument("--duration", type=float, metavar="S", help="Stop after S seconds.")
+    mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
+    mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
+    mqtt.add_argument("--instance", metavar="NAME", help="Instance name; topics live under brainharmonic/NAME/.")
+    mqtt.add_argument("--lead", action="store_true", help="Publish this instance's beat clock for followers.")
+    mqtt.add_argument("--follow", metavar="NAME", help="Follow the beat clock of instance NAME.")
     _add_music(p)
     _add_config(p)
     p.set_defaults(func=cmd_run)
@@ -437,6 +495,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_music(p)
     _add_config(p)
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "embed", help="Write the learned encoder's latents and brain tokens per window of INPUT to an .npz file."
+    )
+    p.add_argument("input", nargs="+", metavar="INPUT", help="Anything `render` accepts.")
+    _add_input_options(p)
+    _add_config(p)
+    _add_lazy(p, "brainharmonic_rt.brain.embed", "add_embed_arguments")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("train", help="Train a model (needs the [train] extra: torch).")
+    train = p.add_subparsers(dest="what", metavar="MODEL", required=True)
+    q = train.add_parser("encoder", help="Self-supervised EEG encoder → ONNX + model card.")
+    _add_lazy(q, "brainharmonic_rt.training.cli_train", "add_train_arguments")
+    _add_config(q)
+    q.set_defaults(func=cmd_train_encoder)
+
+    p = sub.add_parser("export", help="Export a trained checkpoint to ONNX (needs the [train] extra).")
+    export = p.add_subparsers(dest="what", metavar="MODEL", required=True)
+    q = export.add_parser("encoder", help="Encoder checkpoint (.pt) → ONNX with metadata and a parity check.")
+    _add_lazy(q, "brainharmonic_rt.training.cli_train", "add_export_arguments")
+    q.set_defaults(func=cmd_export_encoder)
+
+    p = sub.add_parser("eval", help="Print a model's metrics.")
+    ev = p.add_subparsers(dest="what", metavar="MODEL", required=True)
+    q = ev.add_parser(
+        "encoder", help="Leave-subjects-out metrics of the encoder on eegmat (probe, codebook, distances)."
+    )
+    _add_lazy(q, "brainharmonic_rt.brain.evaluate", "add_eval_arguments")
+    _add_config(q)
+    q.set_defaults(func=cmd_eval_encoder)
 
     p = sub.add_parser("streams", help="List the LSL streams visible from here.")
     p.add_argument("--timeout", type=float, default=2.0, help="Seconds to look (default 2).")

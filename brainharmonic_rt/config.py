@@ -157,7 +157,9 @@ class MusicSettings(_Section):
     )
     steps_per_beat: Annotated[int, Field(ge=1, le=8)] = Field(4, description="Grid resolution (4 = sixteenths).")
     lookahead: Annotated[float, Field(ge=0, le=5)] = Field(
-        0.15, description="Seconds between a window's end and the first note it may schedule."
+        0.1,
+        description="Seconds between a window's end and the first note it composes (the hop after it): "
+        "covers delivery and processing time, so notes are never late.",
     )
     seed: int = Field(0, description="Seed of every random choice (same seed and input => same notes).")
     max_polyphony: Annotated[int, Field(ge=1, le=64)] = Field(6, description="Most notes sounding at once.")
@@ -280,6 +282,24 @@ class EncoderSettings(_Section):
     )
 
 
+class GeneratorSettings(_Section):
+    """The learned note generator used in ``learned`` mode (see ``brainharmonic_rt.music.learned``)."""
+
+    model: Path | None = Field(
+        None, description="ONNX generator step model; none = models/generator.onnx shipped with the project."
+    )
+    latent_map: Path | None = Field(
+        None, description="Brain → music latent map (.npz); none = models/latent_map.npz shipped with the project."
+    )
+    temperature: Annotated[float, Field(ge=0, le=5)] = Field(
+        1.0, description="Sampling temperature (0 = always the most likely token)."
+    )
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling: keep this much mass.")
+    scale_lock: bool = Field(True, description="Forbid pitches outside music.key / music.scale.")
+    threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.")
+    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="auto = CUDA when present, else CPU.")
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`."""
 
@@ -298,6 +318,7 @@ class Settings(BaseSettings):
     record: RecordSettings = Field(default_factory=RecordSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
 
     @classmethod
     def settings_customise_sources(

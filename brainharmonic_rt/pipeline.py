@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .config import InstrumentSettings, Settings
-from .errors import ModelError, StreamLostError
+from .errors import StreamLostError
 from .events import BrainState, Chunk, Note, SignalInfo, Window
 from .music.clock import Scheduler
 from .recording import SessionRecorder
@@ -42,15 +42,17 @@ class Engine:
         from .music.ensemble import resolve_instruments
         from .signal import SignalChain
 
-        if settings.music.mode == "learned":
-            raise ModelError(
-                "Learned mode needs models/encoder.onnx and models/generator.onnx, which are not in this release yet; "
-                "use --mode classic (the default)."
-            )
         self.info = info
         self.settings = settings
         self.chain = SignalChain(info, settings.signal)
-        self.brain = ClassicBrain(info, settings.signal, settings.bands)
+        self.brain: Any
+        if settings.music.mode == "learned":
+            # The learned encoder adds a latent vector and a brain token to every brain state.
+            from .brain.encoder import LearnedBrain
+
+            self.brain = LearnedBrain(info, settings.signal, settings.bands, settings.encoder)
+        else:
+            self.brain = ClassicBrain(info, settings.signal, settings.bands)
         self.instruments: dict[str, InstrumentSettings] = resolve_instruments(list(self.brain.groups), settings.music)
         self.composer = ClassicComposer(self.instruments, settings.music)
         self._composed_until: float | None = None
@@ -61,12 +63,15 @@ class Engine:
     def compose(self, window: Window) -> tuple[BrainState, list[Note]]:
         """Brain state for one window and the notes for the music span it opens.
 
-        The span is [previous end, window end + lookahead); after a gap (dropped windows,
-        a lost stream) it never reaches back more than one hop, so no burst of late notes.
+        The span is the next hop of music starting one lookahead after the window's end:
+        [window end + lookahead, window end + lookahead + hop). Nothing is composed for a time
+        the window could not know about yet, and nothing earlier than the lookahead, so notes
+        are not late as long as processing takes less than the lookahead. After a gap (dropped
+        windows, a lost stream) the span starts afresh instead of catching up with late notes.
         """
         state = self.brain.process(window)
-        end = window.t_end + self.settings.music.lookahead
-        start = end - self.settings.signal.hop
+        start = window.t_end + self.settings.music.lookahead
+        end = start + self.settings.signal.hop
         if self._composed_until is not None:
             start = max(start, self._composed_until)
         notes = self.composer.compose(state, start, end) if end > start else []
@@ -326,3 +331,35 @@ class LivePipeline:
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.stats()
         return out
+
+    # ------------------------------------------------------------------ live control hooks
+    # Used by control/handler.py (MQTT commands, multi-performer sync); the run itself never calls them.
+    # They run on the event loop, between windows, so they never race the composer task.
+
+    @property
+    def music_frontier(self) -> float | None:
+        """Music time (s) up to which notes are composed and scheduled; None before the first window."""
+        return None if self.engine is None else self.engine._composed_until
+
+    def recompose(self, state: BrainState, start: float) -> list[Note]:
+        """Drop the notes scheduled at or after ``start`` and compose ``[start, frontier)`` again.
+
+        After a live change (tempo, key, register) this makes it heard from ``start`` instead of after
+        the lookahead. Needs a composer that can ``rewind`` (the classic one); otherwise does nothing.
+        """
+        engine, scheduler = self.engine, self.scheduler
+        rewind = getattr(engine.composer, "rewind", None) if engine is not None else None
+        if engine is None or scheduler is None or rewind is None or engine._composed_until is None:
+            return []
+        end = engine._composed_until
+        if end <= start:
+            return []
+        scheduler.cancel(after=start)
+        rewind(start)
+        notes = engine.composer.compose(state, start, end)
+        scheduler.schedule(notes)
+        self.stats.notes += len(notes)
+        if self.recorder is not None:
+            self.recorder.event("recomposed", from_time=round(start, 6))
+            self.recorder.write_notes(notes)
+        return notes

@@ -39,6 +39,8 @@ topic write brainharmonic/+/reply
 topic write brainharmonic/+/error
 topic write brainharmonic/+/status
 topic write brainharmonic/+/telemetry/#
+# Multi-performer sync: every instance publishes its beat clock and reads the others'.
+topic readwrite brainharmonic/+/sync/#
 
 # A controller (phone, lighting desk, another program): sends commands, reads everything.
 user controller
@@ -47,11 +49,13 @@ topic read brainharmonic/+/reply
 topic read brainharmonic/+/error
 topic read brainharmonic/+/status
 topic read brainharmonic/+/telemetry/#
+topic read brainharmonic/+/sync/#
 
-# Visuals: read-only; its commands never reach the service.
+# Visuals: read-only; its commands never reach the service. The beat clock lets it flash on the beat.
 user visuals
 topic read brainharmonic/+/status
 topic read brainharmonic/+/telemetry/#
+topic read brainharmonic/+/sync/#
 """
 
 

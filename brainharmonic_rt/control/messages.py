@@ -8,9 +8,9 @@ rejected with a :class:`CommandError` that names the field and the reason and ch
 Telemetry payloads are state snapshots (the latest key, the notes sounding now), not deltas: the
 control plane coalesces them to a bounded rate, so a consumer may miss intermediate messages.
 
-Room to grow: multi-performer sync will add a ``SyncBeat`` payload (beat index, tempo, key, chord,
-leader timestamp) on ``brainharmonic/<leader>/sync/beat``, built on :class:`Payload` like the
-telemetry models here; nothing in the command union needs to change for it.
+Multi-performer sync uses :class:`SyncBeat` on ``brainharmonic/<instance>/sync/beat``: each
+leading or following instance publishes its latest composed beat (index, tempo, key, chord plan,
+monotonic time of the beat on its own clock); followers align their music clock to it.
 """
 
 from __future__ import annotations
@@ -403,4 +403,46 @@ class HealthTelemetry(Payload):
     )
     queues: dict[str, int] = Field(default_factory=dict, description="Depth of each bounded stage queue.")
     uptime_s: Annotated[float, Field(ge=0)] = 0.0
+    scheduler: dict[str, float | int | bool] = Field(
+        default_factory=dict, description="MIDI scheduler counters (late notes, dispatch lateness ms)."
+    )
+    control: dict[str, float | int | bool | str | None] = Field(
+        default_factory=dict, description="Control plane counters (published, dropped, reconnects)."
+    )
+    sync: dict[str, float | int | str | None] = Field(
+        default_factory=dict, description="Multi-performer sync: role, reference, phase error (ms), snaps."
+    )
+    ts: float = Field(default_factory=_now)
+
+
+# --------------------------------------------------------------------------- multi-performer sync
+
+#: Beats per bar of every instance (the classic composer's bar); bars align when beat numbers do.
+BEATS_PER_BAR = 4
+
+
+class SyncBeat(Payload):
+    """One beat of an instance's music clock (topic ``sync/beat``), published by leaders and followers.
+
+    ``time`` is the beat's onset on the publisher's ``time.monotonic()`` clock (it may lie a little in
+    the future: beats are published as soon as they are composed). ``clock`` names that clock (the
+    Linux boot id): a follower with the same id shares it exactly; any other follower estimates the
+    offset from arrival times. ``chord_plan`` lists (bar, scale degree, symbol) of the current and
+    next bars, so followers change chords together with the leader.
+    """
+
+    instance: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    role: Literal["leader", "follower", "alone"]
+    follows: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    beat: Annotated[int, Field(ge=0)]
+    time: _Finite
+    tempo: Annotated[float, Field(ge=20, le=300)]
+    key: KeyName
+    scale: ScaleName
+    chord: str | None = Field(default=None, max_length=32)
+    chord_plan: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0, le=11)], str]] = Field(
+        default_factory=list, max_length=8
+    )
+    clock: Annotated[str, Field(max_length=64)]
+    sent: _Finite = Field(description="Publisher's monotonic time when it sent this message.")
     ts: float = Field(default_factory=_now)

@@ -19,7 +19,12 @@ topic                          dir    QoS   retain  payload (``control.messages`
 ``<root>/telemetry/brain``     out    0     no      ``BrainTelemetry``
 ``<root>/telemetry/music``     out    0     no      ``MusicTelemetry``
 ``<root>/telemetry/health``    out    0     no      ``HealthTelemetry``
+``<root>/sync/beat``           out    0     no      ``SyncBeat`` (leaders and followers)
+``brainharmonic/+/sync/beat``  in     0     no      ``SyncBeat`` of the others (followers only)
 =============================  =====  ====  ======  ============================================
+
+The ``sync/beat`` payload goes through the same bounded, rate-limited path as telemetry (kind
+``"sync"``); extra subscriptions (``subscriptions=``) deliver raw payloads to a callback.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -57,6 +62,10 @@ _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_KINDS = 16
 #: Most commands waiting in aiomqtt's incoming queue; a flood beyond this is discarded by aiomqtt.
 MAX_QUEUED_COMMANDS = 256
+#: The publish() kind whose messages go to ``<root>/sync/beat`` instead of ``<root>/telemetry/<kind>``.
+SYNC_KIND = "sync"
+#: Called with (topic, payload, time.monotonic() at arrival) for a message on an extra subscription.
+MessageCallback = Callable[[str, bytes, float], None]
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,19 @@ class Topics:
 
     def telemetry(self, kind: str) -> str:
         return f"{self.root}/telemetry/{kind}"
+
+    @property
+    def sync_beat(self) -> str:
+        return f"{self.root}/sync/beat"
+
+    @staticmethod
+    def all_sync_beats() -> str:
+        """Filter matching every instance's beat clock."""
+        return f"{TOPIC_ROOT}/+/sync/beat"
+
+    def publish_topic(self, kind: str) -> str:
+        """Where ``ControlPlane.publish(kind, ...)`` sends: sync beats or telemetry."""
+        return self.sync_beat if kind == SYNC_KIND else self.telemetry(kind)
 
 
 class CommandHandler(Protocol):
@@ -129,8 +151,16 @@ class ControlPlane:
     ``offline`` status (when connected) and disconnects cleanly.
     """
 
-    def __init__(self, settings: ControlSettings, handler: CommandHandler, *, handler_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: ControlSettings,
+        handler: CommandHandler,
+        *,
+        handler_timeout: float = 5.0,
+        subscriptions: Mapping[str, MessageCallback] | None = None,
+    ) -> None:
         self.settings = settings
+        self._subscriptions = dict(subscriptions or {})
         self.topics = Topics.for_instance(settings.instance)
         self._handler = handler
         self._handler_timeout = handler_timeout
@@ -317,6 +347,8 @@ class ControlPlane:
             self._n.connects += 1
             self._n.connected_since = time.monotonic()
             await client.subscribe(self.topics.cmd, qos=1)
+            for topic_filter in self._subscriptions:
+                await client.subscribe(topic_filter, qos=0)
             online = Status(state="online", instance=s.instance, version=__version__)
             await client.publish(self.topics.status, online.model_dump_json().encode(), qos=1, retain=True)
             if self._n.connects > 1:
@@ -373,7 +405,11 @@ class ControlPlane:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            arrived = time.monotonic()
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if self._subscriptions and not message.topic.matches(self.topics.cmd):
+                self._dispatch(message.topic, payload, arrived)
+                continue
             if message.retain:
                 # Only stored (stale) messages carry the retain flag on delivery: never act on them.
                 await self._reject(
@@ -384,6 +420,16 @@ class ControlPlane:
                 )
                 continue
             await self._handle(client, payload)
+
+    def _dispatch(self, topic: aiomqtt.Topic, payload: bytes, arrived: float) -> None:
+        if len(payload) > self.settings.max_payload:
+            return
+        for topic_filter, callback in self._subscriptions.items():
+            if topic.matches(topic_filter):
+                try:
+                    callback(topic.value, payload, arrived)
+                except Exception:  # a bug in a callback must not end the control plane
+                    log.exception("Handling a message on %s failed.", topic.value)
 
     async def _handle(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
@@ -433,7 +479,7 @@ class ControlPlane:
             while (item := self._pop_oldest()) is not None:
                 kind, seq, data = item
                 try:
-                    await client.publish(self.topics.telemetry(kind), data, qos=0)
+                    await client.publish(self.topics.publish_topic(kind), data, qos=0)
                 except aiomqtt.MqttError:
                     q = self._n.queued[kind]
                     if len(q) < (q.maxlen or 1):

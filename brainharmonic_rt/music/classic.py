@@ -59,6 +59,8 @@ _PROGRESSION: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {
     6: ((0, 5), (0.7, 0.3)),
 }
 _KICK, _SNARE, _HAT = 36, 38, 42
+_SHARPS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_FLATS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ class _Sounding:
     channel: int
     pitch: int
     voice: int
+    start: float = 0.0
 
 
 class ClassicComposer:
@@ -129,7 +132,7 @@ class ClassicComposer:
         self._music = music
         self._spb = music.steps_per_beat
         self._bar = BEATS_PER_BAR * self._spb
-        self._grid = 60.0 / music.tempo / self._spb
+        grid = 60.0 / music.tempo / self._spb
         self._pcs = pitch_classes(music.key, music.scale)
         self._n_degrees = len(SCALES[music.scale])
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF  # SeedSequence wants a non-negative entropy
@@ -146,6 +149,14 @@ class ClassicComposer:
         ]
         self._chord_rng = np.random.default_rng([seed, 1_000_003])
         self._degree = 0
+        self._key: str = music.key
+        self._scale: str = music.scale
+        # Grid timing as segments (t0, step position at t0, seconds per step), so a live tempo change
+        # keeps the grid phase: step k sounds at t0 + (k - s0) * grid in the segment that holds it.
+        self._segments: list[tuple[float, float, float]] = [(0.0, 0.0, grid)]
+        self._solo: str | None = None
+        self._plan: dict[int, int] = {}  # bar index → chord degree, decided one bar ahead
+        self._external_plan: dict[int, int] = {}  # bar index → degree from a leader (multi-performer sync)
         self._sounding: list[_Sounding] = []
         self._smoothed: dict[str, dict[str, float]] = {}
         self._last_t: float | None = None
@@ -154,8 +165,8 @@ class ClassicComposer:
 
     @property
     def grid(self) -> float:
-        """Seconds between grid steps."""
-        return self._grid
+        """Seconds between grid steps (at the latest tempo)."""
+        return self._segments[-1][2]
 
     @property
     def features(self) -> dict[str, Features]:
@@ -170,11 +181,178 @@ class ClassicComposer:
                 return
         raise KeyError(name)
 
+    # -- live changes (control commands, multi-performer sync) ------------------------------
+    #
+    # Each change applies from a music time ``at`` on. Notes already composed beyond ``at`` stay
+    # as they are unless the caller rewinds first (:meth:`rewind`, then compose ``[at, ...)`` again):
+    # that is how the pipeline makes a command audible at once instead of after the lookahead.
+
+    @property
+    def tempo(self) -> float:
+        """Beats per minute of the latest grid segment."""
+        return 60.0 / (self._segments[-1][2] * self._spb)
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def scale(self) -> str:
+        return self._scale
+
+    @property
+    def steps_per_beat(self) -> int:
+        return self._spb
+
+    @property
+    def solo(self) -> str | None:
+        return self._solo
+
+    @property
+    def muted(self) -> list[str]:
+        """Instruments muted by name (a solo silences the others without muting them)."""
+        return [v.name for v in self._voices if v.muted]
+
+    @property
+    def instruments(self) -> dict[str, InstrumentSettings]:
+        """Instrument settings as they are now (programs and registers may have changed live)."""
+        return {v.name: v.inst for v in self._voices}
+
+    def _segment(self, t: float) -> tuple[float, float, float]:
+        for seg in reversed(self._segments):
+            if t >= seg[0] - _EPS:
+                return seg
+        return self._segments[0]
+
+    def _pos(self, t: float) -> float:
+        """Grid position (in steps, fractional) of music time ``t``."""
+        t0, s0, grid = self._segment(t)
+        return s0 + (t - t0) / grid
+
+    def _time_of(self, step: float) -> float:
+        """Music time of grid position ``step``."""
+        for t0, s0, grid in reversed(self._segments):
+            if step >= s0 - _EPS:
+                return t0 + (step - s0) * grid
+        t0, s0, grid = self._segments[0]
+        return t0 + (step - s0) * grid
+
+    def _grid_at(self, t: float) -> float:
+        return self._segment(t)[2]
+
+    def beat_at(self, t: float) -> float:
+        """Beat position (fractional, 0 = session start unless a leader renumbered it) at music time ``t``."""
+        return self._pos(t) / self._spb
+
+    def time_of_beat(self, beat: float) -> float:
+        """Music time (s) of beat position ``beat``."""
+        return self._time_of(beat * self._spb)
+
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
+        """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
+        given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering)."""
+        tempo = self.tempo if tempo is None else float(tempo)
+        if not 20.0 <= tempo <= 300.0:
+            raise ValueError(f"tempo must be 20..300 BPM, got {tempo}")
+        pos = self._pos(at) if beat is None else float(beat) * self._spb
+        self._segments = [seg for seg in self._segments if seg[0] < at - _EPS]
+        self._segments.append((at, pos, 60.0 / tempo / self._spb))
+        del self._segments[:-8]  # older segments are never asked for again
+
+    def rewind(self, t: float) -> None:
+        """Forget notes composed with onsets at or after ``t`` (they were cancelled downstream)."""
+        self._sounding = [s for s in self._sounding if s.start < t - _EPS]
+
+    def set_key(
+        self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Key and scale (and optionally registers, name → (low, high)) from now on.
+
+        Raises ConfigError, changing nothing, if a register would hold no note of the scale.
+        """
+        scale = self._scale if scale is None else scale
+        registers = dict(registers or {})
+        for name in registers:
+            self._voice(name)
+        bounds = [registers.get(v.name, (v.inst.low, v.inst.high)) for v in self._voices]
+        allowed = [scale_pitches(key, scale, lo, hi) for lo, hi in bounds]
+        pcs = pitch_classes(key, scale)
+        for v, a, (lo, hi) in zip(self._voices, allowed, bounds, strict=True):
+            if (lo, hi) != (v.inst.low, v.inst.high):
+                v.inst = v.inst.model_copy(update={"low": int(lo), "high": int(hi)})
+            v.allowed = a
+            v.arp_pos = 0
+        self._pcs, self._n_degrees = pcs, len(SCALES[scale])
+        self._degree %= self._n_degrees
+        self._plan = {b: d % self._n_degrees for b, d in self._plan.items()}
+        self._key, self._scale = key, scale
+
+    def _voice(self, name: str) -> _Voice:
+        for v in self._voices:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def set_register(self, name: str, low: int, high: int) -> None:
+        """Register of one instrument; raises ConfigError (changing nothing) if it holds no note of the scale."""
+        self.set_key(self._key, self._scale, registers={name: (low, high)})
+
+    def set_program(self, name: str, program: int) -> None:
+        """Record an instrument's new program (the caller sends the program change)."""
+        v = self._voice(name)
+        v.inst = v.inst.model_copy(update={"program": int(program)})
+
+    def set_solo(self, name: str | None) -> None:
+        """Only ``name`` plays from now on (None: everyone not muted plays)."""
+        if name is not None:
+            self._voice(name)
+        self._solo = name
+
+    def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
+        """Polyphony cap and feature smoothing from now on (a config reload)."""
+        update: dict[str, float | int] = {}
+        if max_polyphony is not None:
+            update["max_polyphony"] = int(max_polyphony)
+        if smoothing is not None:
+            update["smoothing"] = float(smoothing)
+        self._music = self._music.model_copy(update=update)
+
+    def _audible(self, v: _Voice) -> bool:
+        return not v.muted and (self._solo is None or v.name == self._solo)
+
+    def silenced(self) -> set[str]:
+        """Instruments that play nothing now (muted, or not the solo)."""
+        return {v.name for v in self._voices if not self._audible(v)}
+
+    def chord_name(self, degree: int | None = None) -> str:
+        """Symbol of the current chord (or of scale degree ``degree``), e.g. 'Dm' or 'G'."""
+        d = self._degree if degree is None else degree
+        n = self._n_degrees
+        root, third, fifth = self._pcs[d % n], self._pcs[(d + 2) % n], self._pcs[(d + 4) % n]
+        quality = {(4, 7): "", (3, 7): "m", (3, 6): "dim", (4, 8): "aug"}.get(
+            ((third - root) % 12, (fifth - root) % 12), "sus"
+        )
+        names = _FLATS if self._key == "F" or "b" in self._key else _SHARPS
+        return names[root] + quality
+
+    @property
+    def degree(self) -> int:
+        """Scale degree (0-based) of the current chord's root."""
+        return self._degree
+
+    def chord_plan(self) -> list[tuple[int, int]]:
+        """(bar, degree) of the chords decided ahead (the next bar's), for a leader to publish."""
+        return sorted(self._plan.items())
+
+    def follow_chords(self, plan: dict[int, int]) -> None:
+        """Use a leader's chord degrees for these bars (bar index → degree) when they start."""
+        self._external_plan.update({int(b): int(d) for b, d in plan.items()})
+
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets on grid steps in ``[start, end)`` (music seconds), sorted by time."""
         self._update_features(state)
-        first = max(0, math.ceil(start / self._grid - _EPS))
-        stop = math.ceil(end / self._grid - _EPS)
+        first = max(0, math.ceil(self._pos(start) - _EPS))
+        stop = math.ceil(self._pos(end) - _EPS)
         notes: list[Note] = []
         for step in range(first, stop):
             notes.extend(self._step(step, state.calibrating))
@@ -205,19 +383,36 @@ class ClassicComposer:
 
     # -- music side -------------------------------------------------------------------------
 
-    def _next_chord(self) -> None:
+    def _next_chord(self, bar: int) -> None:
+        """Chord of bar ``bar``: a leader's plan if it has one, else ours (decided one bar ahead).
+
+        Deciding one bar ahead lets a leader publish the next bar's chord before followers need it.
+        """
+        degree = self._plan.pop(bar, None)
+        if degree is None:
+            degree = self._walk(self._degree)
+        external = self._external_plan.pop(bar, None)
+        self._degree = (external if external is not None else degree) % self._n_degrees
+        self._plan[bar + 1] = self._walk(self._degree)
+        for old in [b for b in self._plan if b <= bar]:
+            del self._plan[old]
+        for old in [b for b in self._external_plan if b < bar]:
+            del self._external_plan[old]
+
+    def _walk(self, degree: int) -> int:
+        """One step of the chord Markov walk from ``degree``."""
         rng = self._chord_rng
         stay = float(np.clip(0.2 + 0.3 * math.tanh(self._mean_alpha() / 2.0), 0.05, 0.6))
+        degree %= self._n_degrees
         if rng.random() < stay:
-            return
+            return degree
         if self._n_degrees == 7:
-            nxt, p = _PROGRESSION[self._degree]
-            self._degree = int(rng.choice(nxt, p=p))
-        else:
-            w = np.ones(self._n_degrees)
-            w[0] = 3.0
-            w[self._degree] = 0.0
-            self._degree = int(rng.choice(self._n_degrees, p=w / w.sum()))
+            nxt, p = _PROGRESSION[degree]
+            return int(rng.choice(nxt, p=p))
+        w = np.ones(self._n_degrees)
+        w[0] = 3.0
+        w[degree] = 0.0
+        return int(rng.choice(self._n_degrees, p=w / w.sum()))
 
     def _chord(self) -> tuple[int, int, int]:
         """Pitch classes of the current chord: root, third, fifth (stacked scale thirds)."""
@@ -225,11 +420,11 @@ class ClassicComposer:
         return (self._pcs[d % n], self._pcs[(d + 2) % n], self._pcs[(d + 4) % n])
 
     def _step(self, step: int, calibrating: bool) -> list[Note]:
-        t = step * self._grid
+        t = self._time_of(step)
         if step % self._bar == 0:
-            self._next_chord()
+            self._next_chord(step // self._bar)
         self._sounding = [s for s in self._sounding if s.end > t + _EPS]
-        wanted = [(v, self._play(v, step)) for v in self._voices if not v.muted]
+        wanted = [(v, self._play(v, step)) for v in self._voices if self._audible(v)]
         wanted = [(v, cand) for v, cand in wanted if cand]
         if not wanted:
             return []
@@ -246,8 +441,8 @@ class ClassicComposer:
                 if len(self._sounding) >= self._music.max_polyphony:
                     self.dropped += 1
                     continue
-                dur = steps * self._grid
-                self._sounding.append(_Sounding(t + dur, ch, pitch, v.index))
+                dur = steps * self._grid_at(t)
+                self._sounding.append(_Sounding(t + dur, ch, pitch, v.index, t))
                 out.append(Note(t, dur, pitch, velocity, ch, v.name))
         return out
 

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -95,6 +95,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._note_ids = itertools.count(1)
         self._owner: dict[tuple[int, int], int] = {}
+        self._live: dict[int, str] = {}  # note id → instrument, from schedule until its note_off (or a cancel)
         self._channels: set[int] = {i.channel for i in self._instruments.values()}
         self._epoch = 0
         self._in_flight = 0
@@ -167,6 +168,11 @@ class Scheduler:
         return self._realtime
 
     @property
+    def running(self) -> bool:
+        """Between open and close: notes may be scheduled."""
+        return self._running
+
+    @property
     def origin(self) -> float | None:
         """Realtime: ``time.monotonic()`` value of music time 0."""
         return self._origin
@@ -201,6 +207,7 @@ class Scheduler:
         with self._cond:
             for n in notes:
                 nid = next(self._note_ids)
+                self._live[nid] = n.instrument
                 on = mido.Message("note_on", channel=n.channel, note=n.pitch, velocity=n.velocity)
                 off = mido.Message("note_off", channel=n.channel, note=n.pitch, velocity=0)
                 heapq.heappush(self._heap, (n.time, _ON, next(self._seq), on, nid))
@@ -271,8 +278,78 @@ class Scheduler:
             for (ch, pitch), _ in sorted(self._owner.items()):
                 self._send(mido.Message("note_off", channel=ch, note=pitch, velocity=0), t)
             self._owner.clear()
+            self._live.clear()
             for msg in silence_messages(self._channels):
                 self._send(msg, t)
+
+    def cancel(
+        self,
+        *,
+        after: float | None = None,
+        instruments: Collection[str] | None = None,
+        end_sounding: bool = False,
+        channels: Collection[int] = (),
+    ) -> int:
+        """Drop notes not yet sounding (onset at or after ``after``; of ``instruments``, None = all).
+
+        With ``end_sounding`` the sounding notes of ``instruments`` get their note_off now, and CC 123
+        goes to their channels and to ``channels`` unless another instrument sounds there. Returns
+        the number of notes dropped; scheduling continues normally afterwards. Lock order: the
+        condition, then the send lock (nothing takes them the other way round).
+        """
+        wanted = None if instruments is None else set(instruments)
+        with self._cond, self._send_lock:
+            owned = set(self._owner.values())
+            if after is None:  # also catches note_ons the dispatcher has popped but not sent yet
+                dropped = {
+                    nid for nid, inst in self._live.items() if nid not in owned and (wanted is None or inst in wanted)
+                }
+            else:
+                dropped = {
+                    nid
+                    for t, order, _, _, nid in self._heap
+                    if order == _ON and t >= after and nid in self._live
+                    and (wanted is None or self._live[nid] in wanted)
+                }  # fmt: skip
+            for nid in dropped:
+                del self._live[nid]
+            if dropped:
+                self._heap = [item for item in self._heap if item[4] not in dropped]
+                heapq.heapify(self._heap)
+                self._cond.notify_all()
+            if end_sounding:
+                t_now = max(self.music_now(), 0.0) if self._running else self._now
+                ended = [
+                    (key, nid)
+                    for key, nid in sorted(self._owner.items())
+                    if wanted is None or self._live.get(nid) in wanted
+                ]
+                for (ch, pitch), nid in ended:
+                    self._send(mido.Message("note_off", channel=ch, note=pitch, velocity=0), t_now)
+                    del self._owner[(ch, pitch)]
+                    self._live.pop(nid, None)
+                busy = {ch for (ch, _) in self._owner}
+                for ch in sorted(({ch for (ch, _), _ in ended} | set(channels)) - busy):
+                    self._channels.add(ch)
+                    self._send(mido.Message("control_change", channel=ch, control=123, value=0), t_now)
+        return len(dropped)
+
+    def send_now(self, msg: mido.Message) -> None:
+        """Send one message to every sink now (e.g. a program change); thread-safe."""
+        self._check_running()
+        with self._send_lock:
+            if hasattr(msg, "channel"):
+                self._channels.add(msg.channel)
+            self._send(msg, max(self.music_now(), 0.0) if self._realtime else self._now)
+        self._raise_error()
+
+    def sounding(self) -> dict[str, list[int]]:
+        """Instrument → pitches sounding now (for telemetry)."""
+        out: dict[str, list[int]] = {}
+        with self._send_lock:
+            for (_, pitch), nid in self._owner.items():
+                out.setdefault(self._live.get(nid, ""), []).append(pitch)
+        return {k: sorted(v) for k, v in out.items()}
 
     def stats(self) -> dict[str, Any]:
         """Counters for telemetry.
@@ -343,6 +420,8 @@ class Scheduler:
             for t, order, _, msg, nid in batch:
                 key = (msg.channel, msg.note)
                 if order == _ON:
+                    if nid not in self._live:  # cancelled while in flight
+                        continue
                     if key in self._owner:  # retrigger: end the sounding note first
                         self._send(mido.Message("note_off", channel=key[0], note=key[1], velocity=0), t)
                     self._owner[key] = nid
@@ -353,7 +432,8 @@ class Scheduler:
                         if late > self._late_tolerance:
                             self._late_dispatch += 1
                 else:
-                    if self._owner.get(key) != nid:  # already ended by a retrigger or a panic
+                    self._live.pop(nid, None)
+                    if self._owner.get(key) != nid:  # already ended by a retrigger, a panic or a cancel
                         continue
                     del self._owner[key]
                 self._send(msg, t)

@@ -1,0 +1,208 @@
+"""The control plane next to a running pipeline: commands, telemetry per window, beat sync.
+
+``async with LiveControl(pipeline, ...): await pipeline.run()`` is all ``brainharmonic run``
+does when ``[control] enabled`` (or ``--mqtt``). Per composed window it publishes, through the
+control plane's bounded, rate-limited queues (so the music never waits on the network):
+
+* ``telemetry/brain``  — :class:`BrainTelemetry` of the window (token, latent summary, band powers);
+* ``telemetry/music``  — :class:`MusicTelemetry`: key, scale, chord, tempo, beat, sounding notes;
+* ``telemetry/health`` — :class:`HealthTelemetry`: stream rate, drops, reconnects, processing
+  latency p50/p99 (``pipeline.snapshot()``), MIDI dispatch lateness, control-plane and sync counters;
+* ``sync/beat``        — :class:`SyncBeat` when leading or following (see ``sync.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from ..events import BrainState, Note
+from .handler import CUT_MARGIN, PipelineHandler
+from .messages import BrainTelemetry, HealthTelemetry, MusicTelemetry
+from .mqtt import SYNC_KIND, ControlPlane, MessageCallback, Topics
+from .sync import BeatSync
+
+if TYPE_CHECKING:
+    from ..pipeline import LivePipeline
+
+log = logging.getLogger(__name__)
+
+
+class LiveControl:
+    """Runs a :class:`ControlPlane` for ``pipeline`` (settings from ``pipeline.settings.control``).
+
+    Parameters
+    ----------
+    pipeline : the pipeline to steer; a listener is added to it here.
+    config_file, overrides : what ``reload_config`` reads again (see :class:`PipelineHandler`).
+    """
+
+    def __init__(
+        self,
+        pipeline: LivePipeline,
+        *,
+        config_file: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        settings = pipeline.settings.control
+        self.pipeline = pipeline
+        self.sync = BeatSync(settings) if (settings.lead or settings.follow is not None) else None
+        self.handler = PipelineHandler(
+            pipeline, config_file=config_file, overrides=overrides, sync=self.sync, on_change=self._after_change
+        )
+        subscriptions: dict[str, MessageCallback] = {}
+        if settings.follow is not None:
+            subscriptions[Topics.all_sync_beats()] = self._on_sync
+        self.plane = ControlPlane(settings, self.handler, subscriptions=subscriptions)
+        self._started = time.monotonic()
+        self._warned = False
+        pipeline.listeners.append(self._on_window)
+
+    async def __aenter__(self) -> Self:
+        self._started = time.monotonic()
+        await self.plane.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.handler.aclose()
+        finally:
+            await self.plane.__aexit__(exc_type, exc, tb)
+
+    # ------------------------------------------------------------------ per window
+
+    def _on_window(self, state: BrainState, notes: list[Note]) -> None:
+        """Pipeline listener (event loop, right after the window's notes were scheduled)."""
+        self.handler.on_window(state, notes)
+        try:
+            self._align()
+            self._publish_sync()
+            self.plane.publish("brain", BrainTelemetry.from_state(state))
+            self._publish_music()
+            self.plane.publish("health", self.health())
+        except Exception:  # telemetry is never worth stopping the music for
+            if not self._warned:
+                self._warned = True
+                log.exception("Building telemetry failed; the music goes on (logged once).")
+
+    def _clock(self) -> tuple[Any, float, float] | None:
+        """(composer, frontier, origin) when the pipeline composes with a clocked composer."""
+        engine, scheduler = self.pipeline.engine, self.pipeline.scheduler
+        frontier = self.pipeline.music_frontier
+        if engine is None or scheduler is None or frontier is None or scheduler.origin is None:
+            return None
+        if not scheduler.running:  # the run has ended; messages may still arrive until the plane closes
+            return None
+        composer = engine.composer
+        if not hasattr(composer, "retime"):
+            return None
+        return composer, frontier, scheduler.origin
+
+    def _align(self) -> None:
+        if self.sync is None or self.sync.follow is None:
+            return
+        clock = self._clock()
+        if clock is not None:
+            self.sync.align(*clock)
+
+    def _publish_sync(self) -> None:
+        if self.sync is None:
+            return
+        clock = self._clock()
+        if clock is None:
+            return
+        beat = self.sync.beat_message(*clock)
+        if beat is not None:
+            self.plane.publish(SYNC_KIND, beat)
+
+    def _after_change(self) -> None:
+        """After a command changed the music: tell followers and visuals at once."""
+        self._publish_sync()
+        self._publish_music()
+
+    def _on_sync(self, topic: str, payload: bytes, arrived: float) -> None:
+        """A peer's beat arrived; a jump in the leader's tempo or key is followed at once, not next window."""
+        assert self.sync is not None
+        if not self.sync.on_message(topic, payload, arrived):
+            return
+        clock = self._clock()
+        if clock is None or self.handler.last_state is None:
+            return
+        composer, frontier, origin = clock
+        scheduler = self.pipeline.scheduler
+        assert scheduler is not None
+        at = max(scheduler.music_now() + CUT_MARGIN, 0.0)
+        self.sync.align(composer, at, origin, snap=True)
+        if frontier > at:
+            self.pipeline.recompose(self.handler.last_state, at)
+        self._publish_music()
+
+    # ------------------------------------------------------------------ payloads
+
+    def _publish_music(self) -> None:
+        music = self.music()
+        if music is not None:
+            self.plane.publish("music", music)
+
+    def music(self) -> MusicTelemetry | None:
+        """The music now; None before the pipeline composes."""
+        p = self.pipeline
+        if p.engine is None or p.scheduler is None or not p.scheduler.running:
+            return None
+        c = p.engine.composer
+        now = p.scheduler.music_now()
+        beat = c.beat_at(now) if hasattr(c, "beat_at") else None
+        return MusicTelemetry(
+            key=getattr(c, "key", p.settings.music.key),
+            scale=getattr(c, "scale", p.settings.music.scale),
+            chord=c.chord_name() if hasattr(c, "chord_name") else None,
+            tempo=float(getattr(c, "tempo", p.settings.music.tempo)),
+            mode=getattr(p.engine, "mode", None) or p.settings.music.mode,
+            beat=None if beat is None or beat < 0 else round(float(beat), 4),
+            notes={k: v for k, v in p.scheduler.sounding().items() if k},
+            muted=list(getattr(c, "muted", [])),
+            solo=getattr(c, "solo", None),
+            recording=p.recorder is not None,
+        )
+
+    def health(self) -> HealthTelemetry:
+        """Stream, pipeline, MIDI, control-plane and sync health now."""
+        p = self.pipeline
+        snap = p.snapshot()
+        src = snap.get("source", {})
+        lat = snap.get("latency", {})
+        sched = snap.get("scheduler", {})
+        plane = self.plane.stats()
+        rate = float(src.get("rate", 0.0) or 0.0)
+        info = None if p.engine is None else p.engine.info
+        return HealthTelemetry(
+            connected=p.stats.stream_losses == p.stats.reconnects and rate > 0,
+            rate_hz=max(0.0, rate),
+            nominal_hz=None if info is None else float(info.sfreq),
+            dropped_samples=int(src.get("dropped_samples", 0)),
+            dropped_windows=int(snap.get("windows_dropped", 0)),
+            reconnects=int(snap.get("reconnects", 0)),
+            latency_ms={
+                "processing_p50": lat.get("p50_ms"),
+                "processing_p99": lat.get("p99_ms"),
+                "midi_late_p50": sched.get("p50_late_ms"),
+                "midi_late_p99": sched.get("p99_late_ms"),
+                "midi_late_max": sched.get("max_late_ms"),
+            },
+            queues={
+                "windows": int(snap.get("queue_depth", 0)),
+                "source_samples": int(src.get("queued_samples", 0)),
+                "source_dropped_chunks": int(src.get("dropped_chunks", 0)),
+                "mqtt_buffered": int(plane["buffered"]),
+            },
+            uptime_s=max(0.0, time.monotonic() - self._started),
+            scheduler={k: v for k, v in sched.items() if isinstance(v, int | float | bool)},
+            control={k: v for k, v in plane.items() if isinstance(v, int | float | bool | str) or v is None},
+            sync={} if self.sync is None else self.sync.stats(),
+        )
