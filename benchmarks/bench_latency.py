@@ -39,9 +39,9 @@ def push(source_id: str, n_ch: int, rate: float, seconds: float, ready: mp.Event
     n = 0
     while n < seconds * rate:
         target = t0 + n / rate
-        while (now := local_clock()) < target:
-            if target - now > 0.0005:
-                time.sleep(0.0002)
+        delay = target - local_clock()
+        if delay > 0:  # sleep, not spin: a real amplifier does not burn a core of this machine
+            time.sleep(delay)
         outlet.push_sample(block[n % block.shape[0]], timestamp=local_clock())
         n += 1
 
