@@ -145,22 +145,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _write_events(path: Path, result: Any) -> None:
+    from .recording import note_record
+
     with path.open("w") as fh:
         for n in result.notes:
-            fh.write(
-                json.dumps(
-                    {
-                        "type": "note",
-                        "time": round(n.time, 6),
-                        "duration": round(n.duration, 6),
-                        "pitch": n.pitch,
-                        "velocity": n.velocity,
-                        "channel": n.channel,
-                        "instrument": n.instrument,
-                    }
-                )
-                + "\n"
-            )
+            fh.write(json.dumps({"type": "note", **note_record(n)}) + "\n")
 
 
 def _summary(result: Any, markers: Sequence[tuple[float, str]]) -> str:

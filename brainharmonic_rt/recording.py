@@ -145,6 +145,18 @@ class SessionRecorder:
             notes_to_midi(notes, instruments, self.settings.music.tempo, self.folder / "notes.mid")
 
 
+def note_record(n: Note) -> dict[str, Any]:
+    """One note as a JSON-ready dict: times in seconds of session time (as in notes.jsonl)."""
+    return {
+        "time": round(n.time, 6),
+        "duration": round(n.duration, 6),
+        "pitch": n.pitch,
+        "velocity": n.velocity,
+        "channel": n.channel,
+        "instrument": n.instrument,
+    }
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
