@@ -364,6 +364,33 @@ def cmd_eval_encoder(args: argparse.Namespace) -> int:
     return eval_encoder(args)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .music.commands import generate
+
+    return generate(args)
+
+
+def cmd_eval_music(args: argparse.Namespace) -> int:
+    from .music.commands import eval_music
+
+    return eval_music(args)
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    # Its options live in a module that imports torch, so they are parsed only when this command runs.
+    from .training.generator_train import add_train_generator_args, train_generator
+
+    parser = argparse.ArgumentParser(prog="brainharmonic train generator")
+    add_train_generator_args(parser)
+    return train_generator(parser.parse_args(args.rest))
+
+
+def cmd_fit_latent_map(args: argparse.Namespace) -> int:
+    from .music.commands import fit_latent_map
+
+    return fit_latent_map(args)
+
+
 def cmd_streams(args: argparse.Namespace) -> int:
     from .sources.lsl import format_streams, list_streams
 
@@ -501,6 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(q)
     q.set_defaults(func=cmd_train_encoder)
 
+    q = train.add_parser(
+        "generator",
+        help="Conditioned note generator (bar VAE + decoder) on a MIDI corpus → ONNX "
+        "(`brainharmonic train generator --help` lists its options).",
+        add_help=False,
+    )
+    q.set_defaults(func=cmd_train_generator, rest=[])
+    q = train.add_parser("latent-map", help="Fit the brain → music latent map (whitening + variance-rank alignment).")
+    _add_lazy(q, "brainharmonic_rt.music.commands", "add_fit_latent_map_args")
+    q.set_defaults(func=cmd_fit_latent_map)
+
+    p = sub.add_parser("generate", help="Generate music from the learned generator to a MIDI file.")
+    _add_lazy(p, "brainharmonic_rt.music.commands", "add_generate_args")
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("export", help="Export a trained checkpoint to ONNX (needs the [train] extra).")
     export = p.add_subparsers(dest="what", metavar="MODEL", required=True)
     q = export.add_parser("encoder", help="Encoder checkpoint (.pt) → ONNX with metadata and a parity check.")
@@ -515,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lazy(q, "brainharmonic_rt.brain.evaluate", "add_eval_arguments")
     _add_config(q)
     q.set_defaults(func=cmd_eval_encoder)
+    q = ev.add_parser("music", help="Music metrics (pitch-class entropy, scale/groove consistency, ...) of MIDI files.")
+    _add_lazy(q, "brainharmonic_rt.music.commands", "add_eval_music_args")
+    q.set_defaults(func=cmd_eval_music)
 
     p = sub.add_parser("streams", help="List the LSL streams visible from here.")
     p.add_argument("--timeout", type=float, default=2.0, help="Seconds to look (default 2).")
@@ -532,7 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is cmd_train_generator:
+        args.rest = [*extra, *args.rest]  # its own parser reads them (see cmd_train_generator)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose + 1, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mne", "mne_lsl", "matplotlib"):

@@ -54,7 +54,14 @@ class Engine:
         else:
             self.brain = ClassicBrain(info, settings.signal, settings.bands)
         self.instruments: dict[str, InstrumentSettings] = resolve_instruments(list(self.brain.groups), settings.music)
-        self.composer = ClassicComposer(self.instruments, settings.music)
+        self.composer: Any
+        if settings.music.mode == "learned":
+            # The generator composes; the brain latent steers it through the brain → music latent map.
+            from .music.learned import LearnedComposer
+
+            self.composer = LearnedComposer(self.instruments, settings.music, settings.generator)
+        else:
+            self.composer = ClassicComposer(self.instruments, settings.music)
         self._composed_until: float | None = None
 
     def windows(self, chunk: Chunk) -> list[Window]:

@@ -1,0 +1,170 @@
+"""Brain latent → music latent: align two spaces by their principal axes, ranked by variance.
+
+Both spaces are summarised by their mean, principal axes and standard deviations along them
+(PCA). A brain vector is centred and projected on the brain axes; coordinate j (the j-th largest
+brain variance) lands on the j-th largest music axis. Two scalings:
+
+* ``"whiten"`` – coordinate j is divided by the brain std and multiplied by the music std, so every
+  aligned axis has exactly the music latent's spread (same ranges) – distances are preserved up to
+  the ratio of the two spectra;
+* ``"similarity"`` – one global scale that matches the total variance: a rotation + scale, so the
+  ranking of pairwise distances is preserved exactly, while per-axis ranges follow the brain's.
+
+The default is ``"similarity"``: on held-out eegmat subjects the encoder's latent spectrum is far
+steeper than the music latent's, so whitening keeps the distance ranking only at Spearman ≈ 0.77,
+while the similarity map keeps it at ≈ 0.98 (1.0 before clipping) with the same total variance as
+the music latents (see models/generator.md).
+
+Outputs are clipped to ±``clip`` music stds per axis so an outlier window cannot push the
+generator far outside what it was trained on. Until a learned encoder is loaded, band-power
+z-scores can feed the map (:func:`bandpower_features`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import DataError, ModelError
+from ..events import BrainState, GroupState
+
+Scaling = Literal["whiten", "similarity"]
+DEFAULT_MAP = Path(__file__).resolve().parents[2] / "models" / "latent_map.npz"
+BANDS = ("delta", "theta", "alpha", "beta", "gamma")
+_EPS = 1e-8
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """PCA summary of a cloud of vectors: mean (d,), axes (r, d) rows orthonormal, std (r,) descending."""
+
+    mean: np.ndarray
+    axes: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Space:
+        """Fit on samples x of shape (n, d), n >= 2 (rows with NaN are dropped)."""
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2:
+            raise DataError(f"Latents must be a 2-D array (n, dim), got shape {x.shape}; pass one vector per row.")
+        x = x[np.isfinite(x).all(axis=1)]
+        if x.shape[0] < 2:
+            raise DataError("Need at least two finite latent vectors to fit a latent space; pass more windows.")
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        std = s / np.sqrt(x.shape[0] - 1)
+        return cls(mean, vt, std)
+
+
+@dataclass(frozen=True, slots=True)
+class LatentMap:
+    """Affine map brain (d_b,) → music (d_m,): ``y = music.mean + W @ (x - brain.mean)``, clipped."""
+
+    brain: Space
+    music: Space
+    scaling: Scaling = "similarity"
+    clip: float = 3.0
+
+    @property
+    def rank(self) -> int:
+        return int(min(self.brain.axes.shape[0], self.music.axes.shape[0]))
+
+    @property
+    def weight(self) -> np.ndarray:
+        """W of shape (d_m, d_b)."""
+        r = self.rank
+        sb, sm = np.maximum(self.brain.std[:r], _EPS), self.music.std[:r]
+        total = np.sqrt((sm**2).sum() / (sb**2).sum())
+        scale = sm / sb if self.scaling == "whiten" else np.full(r, total)
+        return np.asarray(self.music.axes[:r].T @ (scale[:, None] * self.brain.axes[:r]))
+
+    @property
+    def brain_dim(self) -> int:
+        return int(self.brain.mean.shape[0])
+
+    @property
+    def music_dim(self) -> int:
+        return int(self.music.mean.shape[0])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Map x of shape (d_b,) or (n, d_b) → (d_m,) or (n, d_m), float32."""
+        x = np.asarray(x, np.float64)
+        if x.shape[-1] != self.brain_dim:
+            raise DataError(
+                f"Brain latent has {x.shape[-1]} values but the latent map expects {self.brain_dim}; "
+                "fit the map again for this encoder (fit_latent_map)."
+            )
+        y = (x - self.brain.mean) @ self.weight.T
+        # clip in music-axis coordinates (± clip stds), then back
+        r = self.rank
+        coords = y @ self.music.axes[:r].T
+        lim = self.clip * np.maximum(self.music.std[:r], _EPS)
+        coords = np.clip(coords, -lim, lim)
+        return (self.music.mean + coords @ self.music.axes[:r]).astype(np.float32)
+
+    @classmethod
+    def fit(
+        cls, brain: np.ndarray, music: np.ndarray | Space, scaling: Scaling = "similarity", clip: float = 3.0
+    ) -> LatentMap:
+        """Fit from brain latents (n, d_b) and music latents (m, d_m) (or their :class:`Space`)."""
+        m = music if isinstance(music, Space) else Space.of(music)
+        return cls(Space.of(brain), m, scaling, clip)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            brain_mean=self.brain.mean,
+            brain_axes=self.brain.axes,
+            brain_std=self.brain.std,
+            music_mean=self.music.mean,
+            music_axes=self.music.axes,
+            music_std=self.music.std,
+            scaling=np.asarray(self.scaling),
+            clip=np.asarray(self.clip),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_MAP) -> LatentMap:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"Latent map {path} does not exist; fit one (fit_latent_map) or restore models/.")
+        try:
+            d = np.load(path)
+            scaling = str(d["scaling"])
+            if scaling not in ("whiten", "similarity"):
+                raise ValueError(f"unknown scaling {scaling!r}")
+            return cls(
+                Space(d["brain_mean"], d["brain_axes"], d["brain_std"]),
+                Space(d["music_mean"], d["music_axes"], d["music_std"]),
+                scaling,  # type: ignore[arg-type]
+                float(d["clip"]),
+            )
+        except (KeyError, ValueError, OSError) as exc:
+            raise ModelError(f"{path} is not a latent map ({exc}); fit it again with fit_latent_map.") from None
+
+
+def distance_spearman(x: np.ndarray, y: np.ndarray, max_points: int = 400, seed: int = 0) -> float:
+    """Spearman correlation between the pairwise Euclidean distances of rows of x (n, a) and y (n, b)."""
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("x and y must have the same number of rows")
+    idx = np.arange(x.shape[0])
+    if idx.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
+    return float(spearmanr(pdist(x[idx]), pdist(y[idx])).statistic)
+
+
+def bandpower_features(group: GroupState | BrainState, bands: Sequence[str] = BANDS) -> np.ndarray:
+    """Band z-scores (of a group, or the group mean of a state) as a vector (len(bands),), 0 if absent."""
+    z = group.z_mean if isinstance(group, BrainState) else group.z
+    return np.array([float(z.get(b, 0.0)) for b in bands], np.float32)

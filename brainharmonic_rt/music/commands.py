@@ -1,0 +1,255 @@
+"""Command implementations: ``brainharmonic generate`` and ``brainharmonic eval music``.
+
+The CLI only wires these: ``add_generate_args`` / ``generate`` and ``add_eval_music_args`` /
+``eval_music`` (each returns an exit code; errors are BrainharmonicError subclasses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..brain.latent_map import DEFAULT_MAP, LatentMap
+from ..config import InstrumentSettings
+from ..errors import ConfigError, DataError
+from ..events import Note
+from .evaluate import evaluate, evaluate_file, from_notes, summarize
+from .generator import DEFAULT_MODEL, GeneratorModel, Voice
+from .tokens import BEATS_PER_BAR, DRUM_PROGRAM
+
+MAX_NOTE_BEATS = 8.0
+
+
+def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Path | None) -> np.ndarray:
+    """Per-bar music latents (bars, latent_dim) from an .npz.
+
+    ``latents`` (n, latent_dim) are music latents used as they are; ``global_latent`` (n, d) is the
+    output of ``brainharmonic embed`` and goes through the latent map. n rows are resampled to
+    ``bars`` rows (evenly spaced, NaN rows skipped).
+    """
+    if not path.is_file():
+        raise DataError(
+            f"Latent file {path} does not exist; pass an .npz from `brainharmonic embed` or one with 'latents'."
+        )
+    try:
+        data = np.load(path)
+        if "latents" in data:
+            lat = np.asarray(data["latents"], np.float32)
+        elif "global_latent" in data:
+            brain = np.asarray(data["global_latent"], np.float64)
+            brain = brain[np.isfinite(brain).all(axis=1)]
+            lat = LatentMap.load(latent_map or DEFAULT_MAP)(brain)
+        else:
+            raise DataError(f"{path} has neither 'latents' nor 'global_latent'; pass a latent .npz.")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Could not read {path} as .npz ({exc}); pass a latent .npz.") from None
+    if lat.ndim != 2 or lat.shape[1] != latent_dim or lat.shape[0] == 0:
+        raise DataError(
+            f"{path}: latents have shape {lat.shape}, expected (n, {latent_dim}); use latents of this generator."
+        )
+    idx = np.linspace(0, lat.shape[0] - 1, bars).round().astype(int)
+    return lat[idx]
+
+
+def generate_notes(
+    model: GeneratorModel,
+    latents: np.ndarray | None,
+    programs: Sequence[int],
+    *,
+    bars: int,
+    tempo: float = 120.0,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+) -> list[Note]:
+    """Decode ``bars`` bars per program (one voice each). latents: (bars, latent_dim) or None."""
+    spb = 60.0 / tempo
+    total = bars * BEATS_PER_BAR
+    notes: list[Note] = []
+    for i, prog in enumerate(programs):
+        v = Voice(model, prog, (seed & 0xFFFF_FFFF, i), temperature, top_p)
+        channel = 9 if prog == DRUM_PROGRAM else [c for c in range(16) if c != 9][i % 15]
+        for _ in range(total * 64):
+            bar = max(v.decoder.bar, 0)
+            if bar >= bars:
+                break
+            v.step(None if latents is None else latents[bar])
+            if v.decoder.notes:
+                tn = v.decoder.notes.pop()
+                if tn.onset < total:
+                    dur = min(tn.duration, MAX_NOTE_BEATS, total - tn.onset)
+                    notes.append(
+                        Note(tn.onset * spb, max(dur, 1e-3) * spb, tn.pitch, tn.velocity, channel, f"voice{i}")
+                    )
+    notes.sort(key=lambda n: (n.time, n.channel, n.pitch))
+    return notes
+
+
+def instruments_for(programs: Sequence[int]) -> dict[str, InstrumentSettings]:
+    out = {}
+    for i, prog in enumerate(programs):
+        drum = prog == DRUM_PROGRAM
+        ch = 9 if drum else [c for c in range(16) if c != 9][i % 15]
+        out[f"voice{i}"] = InstrumentSettings(
+            program=0 if drum else prog, channel=ch, low=0, high=127, role="percussion" if drum else "melody"
+        )
+    return out
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``brainharmonic generate``."""
+    p.add_argument("--bars", type=int, default=16, help="bars to generate (4/4)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--latent-seed", type=int, default=None, help="draw one latent per bar from N(0, I) with this seed"
+    )
+    src.add_argument("--from-latents", type=Path, default=None, help=".npz with 'latents' or 'global_latent' (embed)")
+    src.add_argument("--unconditioned", action="store_true", help="no latent (conditioning dropout mode)")
+    p.add_argument("--out", type=Path, required=True, help="MIDI file to write")
+    p.add_argument("--programs", default="0", help="comma-separated GM programs, one voice each (128 = drums)")
+    p.add_argument("--tempo", type=float, default=120.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed => same notes)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--latent-map", type=Path, default=None, help="brain → music map for --from-latents embed files")
+
+
+def generate(args: argparse.Namespace) -> int:
+    """``brainharmonic generate``: write ``--bars`` bars to ``--out``."""
+    from ..sinks.midifile import notes_to_midi
+
+    if not 1 <= args.bars <= 10_000:
+        raise ConfigError(f"--bars must be 1..10000, got {args.bars}.")
+    if not 20 <= args.tempo <= 300:
+        raise ConfigError(f"--tempo must be 20..300 BPM, got {args.tempo}.")
+    try:
+        programs = [int(x) for x in str(args.programs).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--programs must be comma-separated integers 0..128, got {args.programs!r}.") from None
+    if not programs or any(not 0 <= p <= 128 for p in programs):
+        raise ConfigError(f"--programs must be comma-separated integers 0..128, got {args.programs!r}.")
+    model = GeneratorModel(args.model)
+    latents: np.ndarray | None
+    if args.from_latents is not None:
+        latents = bar_latents_from_file(args.from_latents, args.bars, model.latent_dim, args.latent_map)
+    elif args.unconditioned:
+        latents = None
+    else:
+        seed = args.latent_seed if args.latent_seed is not None else args.seed
+        latents = (
+            np.random.default_rng(seed & 0xFFFF_FFFF).standard_normal((args.bars, model.latent_dim)).astype(np.float32)
+        )
+    notes = generate_notes(
+        model,
+        latents,
+        programs,
+        bars=args.bars,
+        tempo=args.tempo,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
+    path = notes_to_midi(notes, instruments_for(programs), args.tempo, args.out)
+    m = evaluate(from_notes(notes, args.tempo))
+    print(
+        f"wrote {path}: {len(notes)} notes, {args.bars} bars; pitch-class entropy {m.pitch_class_entropy:.2f} bits, "
+        f"scale consistency {m.scale_consistency:.2f}, empty beats {m.empty_beat_rate:.2f}"
+    )
+    return 0
+
+
+def add_eval_music_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``brainharmonic eval music``."""
+    p.add_argument("files", nargs="+", type=Path, help="MIDI files (generated or real)")
+    p.add_argument("--json", type=Path, default=None, help="also write per-file metrics and the summary here")
+
+
+def eval_music(args: argparse.Namespace) -> int:
+    """``brainharmonic eval music FILES...``: metrics per file and their summary."""
+    rows = []
+    keys = ("pitch_class_entropy", "scale_consistency", "groove_consistency", "empty_beat_rate", "max_duration")
+    print(f"{'file':40s} {'notes':>6s} {'pc_ent':>7s} {'scale':>6s} {'groove':>7s} {'empty':>6s} {'maxdur':>7s}")
+    per_file = {}
+    for f in args.files:
+        m = evaluate_file(f)
+        rows.append(m)
+        d = m.as_dict()
+        per_file[str(f)] = d
+        print(f"{str(f)[-40:]:40s} {m.n_notes:6d} " + " ".join(f"{d[k]:7.3f}" for k in keys))
+    summary = summarize(rows)
+    for k in (*keys, "mean_duration", "long_note_rate"):
+        if k in summary:
+            s = summary[k]
+            print(f"{k:22s} mean {s['mean']:.3f}  p10 {s['p10']:.3f}  p50 {s['p50']:.3f}  p90 {s['p90']:.3f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"files": per_file, "summary": summary}, indent=1))
+    return 0
+
+
+def add_fit_latent_map_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``brainharmonic fit latent-map`` (or a ``train latent-map`` subcommand)."""
+    p.add_argument("--eeg", type=Path, required=True, help="EEG folder (e.g. eegmat) to embed with the encoder")
+    p.add_argument(
+        "--music",
+        type=Path,
+        default=DEFAULT_MODEL.with_name("generator_latent.npz"),
+        help="music latent summary written by `train generator`",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_MAP)
+    p.add_argument("--scaling", choices=("whiten", "similarity"), default="similarity")
+    p.add_argument("--holdout", type=float, default=0.33, help="fraction of subjects kept for the distance check")
+
+
+def fit_latent_map(args: argparse.Namespace) -> int:
+    """Embed every session with the encoder, fit the map on most subjects, check distances on the rest.
+
+    Brain vectors are the global and the group latents of every non-calibrating window.
+    """
+    import asyncio
+
+    from ..brain.embed import embed_source
+    from ..brain.latent_map import Space, distance_spearman
+    from ..brain.sessions import discover_sessions, open_session
+    from ..config import Settings
+
+    if not args.music.is_file():
+        raise DataError(f"Music latent summary {args.music} does not exist; run `brainharmonic train generator` first.")
+    m = np.load(args.music)
+    music = Space(m["mean"], m["axes"], m["std"])
+    sessions = discover_sessions(args.eeg)
+    n_hold = max(1, round(len(sessions) * args.holdout)) if len(sessions) > 1 else 0
+    fit_x: list[np.ndarray] = []
+    hold_x: list[np.ndarray] = []
+    settings = Settings()
+    for i, s in enumerate(sessions):
+        e = asyncio.run(embed_source(open_session(s).source, settings))
+        # the composer feeds group latents (one per instrument), else the global one: fit on both
+        x = np.concatenate([e.global_latent[~e.calibrating], *e.group_latents[~e.calibrating].transpose(1, 0, 2)])
+        x = x[np.isfinite(x).all(axis=1)]
+        (hold_x if i >= len(sessions) - n_hold else fit_x).append(x)
+    brain = np.concatenate(fit_x)
+    lmap = LatentMap.fit(brain, music, args.scaling)
+    report: dict[str, float] = {
+        "fit_windows": int(brain.shape[0]),
+        "fit_sessions": len(fit_x),
+        "holdout_sessions": len(hold_x),
+    }
+    if hold_x:
+        held = np.concatenate(hold_x)
+        for scaling in ("whiten", "similarity"):
+            other = LatentMap(lmap.brain, music, scaling, lmap.clip)
+            report[f"spearman_{scaling}"] = distance_spearman(held, other(held), max_points=600)
+            report[f"spearman_{scaling}_noclip"] = distance_spearman(
+                held, LatentMap(lmap.brain, music, scaling, 1e9)(held), max_points=600
+            )
+        y = lmap(held)
+        report["mapped_total_var"] = float(y.var(0).sum())
+        report["music_total_var"] = float((music.std**2).sum())
+    lmap.save(args.out)
+    print(json.dumps(report, indent=1))
+    return 0

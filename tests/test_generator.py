@@ -1,0 +1,269 @@
+"""Generator: a tiny real train → ONNX export → parity → incremental decoding, composer and CLI functions.
+
+The corpus is a handful of real .mid files written here (two styles), tokenised by MidiTok.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainharmonic_rt.config import GeneratorSettings, InstrumentSettings, MusicSettings
+from brainharmonic_rt.errors import ConfigError, DataError, ModelError
+from brainharmonic_rt.events import BrainState, GroupState
+from brainharmonic_rt.music.evaluate import evaluate_file
+from brainharmonic_rt.music.generator import FORBID, GeneratorModel, Voice, sample
+from brainharmonic_rt.music.scales import pitch_classes
+
+from .test_tokens import write_piece
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny corpus → `train_generator` for a few steps → models/generator.onnx in a temp folder."""
+    from brainharmonic_rt.training.generator_train import add_train_generator_args, train_generator
+
+    root = tmp_path_factory.mktemp("midi")
+    for style in ("classical", "jazz"):
+        (root / style).mkdir()
+        for i in range(3):
+            write_piece(root / style / f"piece {i}.MID", tempo=100 + 10 * i, drums=style == "jazz")
+    out = tmp_path_factory.mktemp("models") / "generator.onnx"
+    p = argparse.ArgumentParser()
+    add_train_generator_args(p)
+    args = p.parse_args(
+        [
+            "--midi",
+            str(root),
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--batch",
+            "4",
+            "--seq",
+            "64",
+            "--hidden",
+            "32",
+            "--latent-dim",
+            "8",
+            "--val-every",
+            "3",
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
+    assert train_generator(args) == 0
+    return out
+
+
+def test_training_writes_model_tokenizer_and_summary(trained: Path) -> None:
+    assert trained.is_file()
+    assert trained.with_name("generator_tokenizer.json").is_file()
+    summary = json.loads(trained.with_suffix(".train.json").read_text())["summary"]
+    assert summary["steps"] == 6
+    assert summary["parity_max_abs"] < 1e-4
+    assert np.isfinite(summary["val_ce"])
+    space = np.load(trained.with_name("generator_latent.npz"))
+    assert space["mean"].shape == (8,) and space["axes"].shape == (8, 8)
+
+
+def test_parity_torch_vs_onnx_stepwise(trained: Path) -> None:
+    from brainharmonic_rt.training.generator_eval import load_checkpoint
+    from brainharmonic_rt.training.generator_export import parity
+
+    model = load_checkpoint(trained.with_suffix(".pt"))
+    assert parity(model, trained, steps=20) < 1e-4
+
+
+def test_same_seed_same_tokens_and_latent_matters(trained: Path) -> None:
+    m = GeneratorModel(trained)
+    z = np.ones(m.latent_dim, np.float32)
+
+    def run(seed: int, latent: np.ndarray | None) -> list[int]:
+        v = Voice(m, 0, seed)
+        return [v.step(latent) for _ in range(40)]
+
+    assert run(3, z) == run(3, z)
+    assert run(3, z) != run(4, z)
+    logits_a, _ = m.step(np.array([m.vocab.bar]), m.initial_state(), z[None], np.array([0]))
+    logits_b, _ = m.step(np.array([m.vocab.bar]), m.initial_state(), -z[None], np.array([0]))
+    logits_c, _ = m.step(np.array([m.vocab.bar]), m.initial_state(), None, np.array([0]))
+    assert not np.allclose(logits_a, logits_b)
+    assert not np.allclose(logits_a, logits_c)
+
+
+def test_logit_mask_forbids_tokens(trained: Path) -> None:
+    m = GeneratorModel(trained)
+    only = m.vocab.index["Pitch_64"]
+    bias = np.zeros(len(m.vocab), np.float32)
+    bias[m.vocab.pitch_ids()] = FORBID
+    bias[only] = 0.0
+    v = Voice(m, 0, 1, temperature=1.5, top_p=1.0)
+    for _ in range(300):
+        v.step(None, bias)
+    assert v.decoder.notes, "an untrained-ish model still makes some notes in 300 tokens"
+    assert {n.pitch for n in v.decoder.notes} == {64}
+    onsets = [n.onset for n in v.decoder.notes]
+    assert onsets == sorted(onsets)  # grammar bias: positions only move forward inside a bar
+
+
+def test_sample_top_p_and_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = np.array([5.0, 4.0, -2.0, -3.0])
+    draws = {sample(logits, rng, 1.0, 0.7) for _ in range(200)}
+    assert draws <= {0, 1}
+    assert sample(logits, rng, 0.0) == 0
+
+
+def test_bad_model_files(tmp_path: Path, trained: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        GeneratorModel(tmp_path / "nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(ModelError, match="not ONNX"):
+        GeneratorModel(tmp_path / "junk.onnx")
+    with pytest.raises(ConfigError, match=r"program must be 0\.\.128"):
+        Voice(GeneratorModel(trained), 200, 0)
+
+
+def _state(latent: np.ndarray | None, t: float, calibrating: bool = False) -> BrainState:
+    z = {"theta": 0.5, "alpha": -1.0, "beta": 1.0}
+    groups = tuple(GroupState(n, z, z, 4, latent) for n in ("frontal", "temporal"))
+    return BrainState(0, t, t, groups, calibrating, latent=latent)
+
+
+def test_learned_composer_contract(trained: Path) -> None:
+    from brainharmonic_rt.brain.latent_map import LatentMap
+    from brainharmonic_rt.music.learned import LearnedComposer
+
+    model = GeneratorModel(trained)
+    rng = np.random.default_rng(0)
+    lmap = LatentMap.fit(rng.normal(size=(200, 5)), rng.normal(size=(300, model.latent_dim)))
+    inst = {
+        "frontal": InstrumentSettings(program=0, channel=0, low=60, high=84, role="melody"),
+        "temporal": InstrumentSettings(program=32, channel=1, low=28, high=50, role="bass"),
+    }
+    music = MusicSettings(tempo=120, key="D", scale="dorian", max_polyphony=8, seed=5)
+
+    def run() -> list:
+        c = LearnedComposer(inst, music, GeneratorSettings(temperature=1.2), model=model, latent_map=lmap)
+        notes, t = [], 1.0
+        for k in range(40):
+            state = _state(rng_latent[k], t)
+            notes.append((t, t + 0.25, c.compose(state, t, t + 0.25)))
+            t += 0.25
+        return notes
+
+    rng_latent = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
+    a, b = run(), run()
+    assert [n for *_, ns in a for n in ns] == [n for *_, ns in b for n in ns]  # same seed, same notes
+    pcs = set(pitch_classes("D", "dorian"))
+    total = 0
+    for start, end, notes in a:
+        for n in notes:
+            total += 1
+            assert start <= n.time < end
+            low, high = (60, 84) if n.channel == 0 else (28, 50)
+            assert low <= n.pitch <= high and n.pitch % 12 in pcs
+    assert total > 0
+
+
+def test_composer_uses_band_powers_without_encoder(trained: Path) -> None:
+    from brainharmonic_rt.brain.latent_map import LatentMap
+    from brainharmonic_rt.music.learned import LearnedComposer
+
+    model = GeneratorModel(trained)
+    rng = np.random.default_rng(0)
+    lmap = LatentMap.fit(rng.normal(size=(100, 32)), rng.normal(size=(100, model.latent_dim)))
+    c = LearnedComposer(
+        {"frontal": InstrumentSettings(program=0, channel=0, low=48, high=84)},
+        MusicSettings(),
+        model=model,
+        latent_map=lmap,
+    )
+    z = c.music_latent(_state(None, 1.0), "frontal")
+    assert z is not None and z.shape == (model.latent_dim,)
+    assert c.music_latent(_state(None, 1.0, calibrating=True), "frontal") is None
+
+
+def test_generate_and_eval_music(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from brainharmonic_rt.music.commands import add_eval_music_args, add_generate_args, eval_music, generate
+
+    p = argparse.ArgumentParser()
+    add_generate_args(p)
+    outs = []
+    for name in ("a.mid", "b.mid"):
+        args = p.parse_args(
+            [
+                "--bars",
+                "4",
+                "--latent-seed",
+                "2",
+                "--out",
+                str(tmp_path / name),
+                "--model",
+                str(trained),
+                "--programs",
+                "0,128",
+                "--temperature",
+                "1.5",
+            ]
+        )
+        assert generate(args) == 0
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]
+    np.savez(tmp_path / "lat.npz", latents=np.zeros((3, 8), np.float32))
+    args = p.parse_args(
+        [
+            "--bars",
+            "4",
+            "--from-latents",
+            str(tmp_path / "lat.npz"),
+            "--out",
+            str(tmp_path / "c.mid"),
+            "--model",
+            str(trained),
+        ]
+    )
+    assert generate(args) == 0
+    np.savez(tmp_path / "bad.npz", latents=np.zeros((3, 5), np.float32))
+    args = p.parse_args(
+        ["--from-latents", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "d.mid"), "--model", str(trained)]
+    )
+    with pytest.raises(DataError, match=r"expected \(n, 8\)"):
+        generate(args)
+    with pytest.raises(ConfigError, match="--programs"):
+        generate(p.parse_args(["--programs", "0,300", "--out", str(tmp_path / "e.mid"), "--model", str(trained)]))
+    q = argparse.ArgumentParser()
+    add_eval_music_args(q)
+    capsys.readouterr()
+    assert eval_music(q.parse_args([str(tmp_path / "a.mid")])) == 0
+    printed = capsys.readouterr().out
+    assert "a.mid" in printed and "groove_consistency" in printed
+    assert evaluate_file(tmp_path / "a.mid").n_notes >= 0
+
+
+def test_unseen_programs_fall_back_and_percussion_maps_to_drums(trained: Path) -> None:
+    from brainharmonic_rt.brain.latent_map import LatentMap
+    from brainharmonic_rt.music.learned import LearnedComposer
+
+    model = GeneratorModel(trained)
+    assert model.programs and model.resolve_program(model.programs[0]) == model.programs[0]
+    unseen = next(p for p in range(129) if p not in model.programs)
+    assert model.resolve_program(unseen) == model.programs[0]
+    assert Voice(model, unseen, 0).model_program == model.programs[0]
+    rng = np.random.default_rng(0)
+    lmap = LatentMap.fit(rng.normal(size=(100, 5)), rng.normal(size=(100, model.latent_dim)))
+    inst = {"occipital": InstrumentSettings(program=0, channel=9, low=35, high=81, role="percussion")}
+    c = LearnedComposer(
+        inst, MusicSettings(tempo=120), GeneratorSettings(temperature=1.5), model=model, latent_map=lmap
+    )
+    notes = [n for k in range(80) for n in c.compose(_state(None, 1.0 + k * 0.25), 1.0 + k * 0.25, 1.25 + k * 0.25)]
+    assert notes and {n.pitch for n in notes} <= {36, 38, 42} and {n.channel for n in notes} == {9}

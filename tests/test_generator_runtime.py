@@ -1,0 +1,68 @@
+"""The committed generator, latent map and encoder together: real EEG windows in, learned notes out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainharmonic_rt.config import Settings
+from brainharmonic_rt.events import Note
+from brainharmonic_rt.music.scales import pitch_classes
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+NEEDED = ("generator.onnx", "latent_map.npz", "encoder.onnx")
+pytestmark = pytest.mark.skipif(not all((MODELS / n).is_file() for n in NEEDED), reason="committed models not present")
+
+
+def _render(eegmat_dir: Path, seconds: float, seed: int) -> tuple[list[tuple[float, float, list[Note]]], float]:
+    from brainharmonic_rt.brain.encoder import LearnedBrain
+    from brainharmonic_rt.music.ensemble import resolve_instruments
+    from brainharmonic_rt.music.learned import LearnedComposer
+    from brainharmonic_rt.signal import SignalChain
+    from brainharmonic_rt.sources.files import open_recordings
+
+    settings = Settings()
+    settings.music.seed = seed
+    src = open_recordings([eegmat_dir / "Subject00_2.edf"], seconds=seconds)
+    chain = SignalChain(src.info, settings.signal)
+    brain = LearnedBrain(src.info, settings.signal, settings.bands, settings.encoder)
+    composer = LearnedComposer(
+        resolve_instruments(list(brain.groups), settings.music), settings.music, settings.generator
+    )
+    spans: list[tuple[float, float, list[Note]]] = []
+    done = None
+    worst = 0.0
+    data = src.data
+    stamps = np.arange(data.shape[1]) / src.info.sfreq
+    from brainharmonic_rt.events import Chunk
+
+    for a in range(0, data.shape[1], 32):
+        for w in chain.push(Chunk(np.ascontiguousarray(data[:, a : a + 32]), stamps[a : a + 32])):
+            state = brain.process(w)
+            end = w.t_end + settings.music.lookahead
+            start = end - settings.signal.hop if done is None else max(done, end - settings.signal.hop)
+            t0 = time.perf_counter()
+            notes = composer.compose(state, start, end)
+            worst = max(worst, time.perf_counter() - t0)
+            spans.append((start, end, notes))
+            done = end
+    return spans, worst
+
+
+def test_learned_mode_end_to_end(eegmat_dir: Path) -> None:
+    spans, worst = _render(eegmat_dir, 40.0, seed=1)
+    settings = Settings()
+    notes = [n for *_, ns in spans for n in ns]
+    assert len(notes) > 20
+    pcs = set(pitch_classes(settings.music.key, settings.music.scale))
+    for start, end, ns in spans:
+        for n in ns:
+            assert start - 1e-9 <= n.time < end
+            if n.channel != 9:
+                assert n.pitch % 12 in pcs
+    assert worst < 0.25, f"one window's composition took {worst * 1e3:.0f} ms"
+    again, _ = _render(eegmat_dir, 40.0, seed=1)
+    assert [n for *_, ns in again for n in ns] == notes
