@@ -191,3 +191,16 @@ def test_fmri_npy_renders_with_its_preset(tmp_path: Path) -> None:
     r = bh("render", str(fmri), "--out", str(tmp_path / "f.mid"), "--seconds", "400")
     assert r.returncode == 0, r.stderr
     assert "379 channels" in r.stdout and mido.MidiFile(tmp_path / "f.mid").length > 100
+
+
+def test_learned_mode_renders_deterministically_and_generate_writes_midi(eegmat_dir: Path, tmp_path: Path) -> None:
+    rest, task = eegmat_dir / "Subject04_1.edf", eegmat_dir / "Subject04_2.edf"
+    outs = [tmp_path / "a.mid", tmp_path / "b.mid"]
+    for out in outs:
+        r = bh("render", str(rest), str(task), "--mode", "learned", "--seconds", "25", "--seed", "3", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    assert outs[0].read_bytes() == outs[1].read_bytes(), "learned mode is deterministic for a seed"
+    assert sum(1 for t in mido.MidiFile(outs[0]).tracks for m in t if m.type == "note_on") > 20
+    r = bh("generate", "--bars", "4", "--latent-seed", "1", "--out", str(tmp_path / "g.mid"))
+    assert r.returncode == 0, r.stderr
+    assert mido.MidiFile(tmp_path / "g.mid").length > 4
