@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,15 +63,41 @@ def export_onnx(encoder: EEGEncoder, spec: EncoderSpec, out: Path | str) -> floa
         torch.export.Dim("channels", min=1),
         torch.export.Dim("groups", min=1),
     )
-    args = _example(spec, 2, 7, 3, seed=0)
+    return write_onnx(
+        wrapper,
+        _example(spec, 2, 7, 3, seed=0),
+        out,
+        inputs=["x", "region", "group_mask"],
+        outputs=["global_latent", "group_latents", "token"],
+        dynamic_shapes={"x": {0: b, 1: c}, "region": {0: c}, "group_mask": {0: g, 1: c}},
+        meta=spec.to_meta(),
+        parity=lambda path: parity(encoder, path, spec),
+    )
+
+
+def write_onnx(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    out: Path,
+    *,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    dynamic_shapes: Mapping[str, Mapping[int, Any]],
+    meta: Mapping[str, str],
+    parity: Callable[[Path], float],
+) -> float:
+    """Export ``module`` to one ONNX file with ``meta``, keep it only if ``parity`` passes; return its result.
+
+    Written to ``out.part`` first and renamed, so a failed check never leaves a model behind.
+    """
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper,
+            module,
             args,
-            input_names=["x", "region", "group_mask"],
-            output_names=["global_latent", "group_latents", "token"],
-            dynamic_shapes={"x": {0: b, 1: c}, "region": {0: c}, "group_mask": {0: g, 1: c}},
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_shapes=dict(dynamic_shapes),
             opset_version=OPSET,
             dynamo=True,
             external_data=False,
@@ -79,7 +106,7 @@ def export_onnx(encoder: EEGEncoder, spec: EncoderSpec, out: Path | str) -> floa
     if program is None:
         raise ModelError("torch.onnx.export returned nothing; check the torch and onnxscript versions.")
     model = program.model_proto
-    for key, value in spec.to_meta().items():
+    for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "brainharmonic-rt"
@@ -87,7 +114,7 @@ def export_onnx(encoder: EEGEncoder, spec: EncoderSpec, out: Path | str) -> floa
     tmp = out.with_name(out.name + ".part")
     onnx.save_model(model, str(tmp))
     try:
-        diff = parity(encoder, tmp, spec)
+        diff = parity(tmp)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise

@@ -14,11 +14,8 @@ Contract (format "1"), one token per call, batch B::
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from collections.abc import Sequence
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +27,10 @@ from ..errors import ModelError
 from ..music.generator import FORMAT, KIND
 from ..music.tokens import Vocab
 from ..onnx_models import FORMAT_KEY, KIND_KEY
-from .export import _quiet_loggers
+from .export import write_onnx
 from .generator_model import Generator, StepModel
 
 PARITY_ATOL = 1e-4
-OPSET = 18
 INPUTS = ["token", "latent", "has_latent", "program", "logit_bias", "state"]
 
 
@@ -68,22 +64,6 @@ def export_generator(model: Generator, vocab: Vocab, out: Path | str, programs: 
         "logit_bias": {0: batch},
         "state": {1: batch},
     }
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _quiet_loggers():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            step,
-            _example(model, 2, 0),
-            input_names=INPUTS,
-            output_names=["logits", "state_out"],
-            dynamic_shapes=dyn,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    if program is None:
-        raise ModelError("torch.onnx.export returned nothing; check the torch and onnxscript versions.")
-    proto = program.model_proto
     cfg = model.cfg
     meta = {
         KIND_KEY: KIND,
@@ -95,20 +75,16 @@ def export_generator(model: Generator, vocab: Vocab, out: Path | str, programs: 
         "vocab_size": str(cfg.vocab_size),
         "programs": json.dumps([int(p) for p in programs]),
     }
-    for k, v in meta.items():
-        e = proto.metadata_props.add()
-        e.key, e.value = k, v
-    proto.producer_name = "brainharmonic-rt"
-    onnx.checker.check_model(proto)
-    tmp = out.with_name(out.name + ".part")
-    onnx.save_model(proto, str(tmp))
-    try:
-        diff = parity(model, tmp)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
-    return diff
+    return write_onnx(
+        step,
+        _example(model, 2, 0),
+        out,
+        inputs=INPUTS,
+        outputs=["logits", "state_out"],
+        dynamic_shapes=dyn,
+        meta=meta,
+        parity=lambda path: parity(model, path),
+    )
 
 
 def set_metadata(path: Path | str, key: str, value: str) -> None:
