@@ -106,13 +106,12 @@ def test_sigterm_during_run_silences_port_and_leaves_readable_session(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        reader = MidiReader(port, timeout=30)
-        assert reader.wait_for(lambda m: len(note_ons(m)) >= 5, 60), "no notes from the live run"
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=20)
-        time.sleep(0.2)
-        msgs = reader.snapshot()
-        reader.close()
+        with MidiReader(port, timeout=30) as reader:
+            assert reader.wait_for(lambda m: len(note_ons(m)) >= 5, 60), "no notes from the live run"
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=20)
+            time.sleep(0.2)
+            msgs = reader.snapshot()
     finally:
         player.stop()
         if proc.poll() is None:

@@ -56,6 +56,7 @@ def destination() -> Iterator[tuple[str, list[list[int]]]]:
     try:
         yield name, got
     finally:
+        mi.cancel_callback()
         mi.close_port()
         mi.delete()
 
@@ -163,6 +164,7 @@ def test_ambiguous_port_names_the_matches() -> None:
             RtMidiSink(port=base, api="jack").open({}, 120.0)
     finally:
         for mi in ins:
+            mi.close_port()
             mi.delete()
 
 
