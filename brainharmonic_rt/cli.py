@@ -47,6 +47,16 @@ def _music_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"seed": args.seed, "mode": args.mode, "tempo": args.tempo}
 
 
+def _add_midi_clock(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--midi-clock",
+        action="store_true",
+        default=None,
+        help="Send MIDI clock (24 per beat, Start/Stop) on the MIDI port so a DAW or synth follows the tempo.",
+    )
+    p.add_argument("--clock-in", metavar="PORT", help="Follow the tempo of the MIDI clock on this input port.")
+
+
 def _control_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``run --mqtt HOST[:PORT] --instance NAME --lead --follow NAME`` as [control] settings."""
     out: dict[str, Any] = {"instance": args.instance, "follow": args.follow, "lead": True if args.lead else None}
@@ -230,7 +240,12 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
         args,
         stream={"source_id": sid, "timeout": 15.0},
         music={"seed": args.seed},
-        output={"midi_port": port, "virtual_port": "brainharmonic-demo"},
+        output={
+            "midi_port": port,
+            "virtual_port": "brainharmonic-demo",
+            "midi_clock": args.midi_clock,
+            "clock_in": args.clock_in,
+        },
     )
     sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
     out = Path(args.out)
@@ -267,7 +282,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     sections: dict[str, dict[str, Any]] = {
         "stream": {"name": args.stream, "type": args.type, "source_id": args.source_id, "timeout": args.timeout},
         "music": _music_overrides(args),
-        "output": {"midi_port": args.midi_port, "virtual_port": args.virtual_port},
+        "output": {
+            "midi_port": args.midi_port,
+            "virtual_port": args.virtual_port,
+            "midi_clock": args.midi_clock,
+            "clock_in": args.clock_in,
+        },
         "record": {"dir": args.record},
         "control": _control_overrides(args),
     }
@@ -459,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also replay it live through LSL to a MIDI port (virtual if none exists).",
     )
     p.add_argument("--midi-port", metavar="NAME", help="MIDI output port for the live playback.")
+    _add_midi_clock(p)
     _add_config(p)
     p.set_defaults(func=cmd_demo)
 
@@ -477,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="Write a session folder under DIR.")
     p.add_argument("--mid", metavar="OUT.mid", help="Also write the notes to a MIDI file.")
     p.add_argument("--duration", type=float, metavar="S", help="Stop after S seconds.")
+    _add_midi_clock(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
     mqtt.add_argument("--instance", metavar="NAME", help="Instance name; topics live under brainharmonic/NAME/.")

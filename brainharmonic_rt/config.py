@@ -173,6 +173,42 @@ class MusicSettings(_Section):
     )
 
 
+class HarmonySettings(_Section):
+    """The shared harmonic plan and the arbiter that keeps the ensemble consonant and bounded."""
+
+    adaptive_tempo: bool = Field(
+        True, description="Tempo follows the global brain state (calmer: slower); false pins music.tempo."
+    )
+    adaptive_key: bool = Field(
+        True,
+        description="The tonal centre moves to the relative major (aroused) or minor (calm) with a cadence; "
+        "false pins music.key/scale.",
+    )
+    tempo_range: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.12, description="Brain-driven tempo moves this fraction around music.tempo (0.12 = ±12 %)."
+    )
+    smoothing: Annotated[float, Field(ge=0, le=60)] = Field(
+        4.0, description="Time constant (s) of the global arousal (beta - alpha) that drives the plan."
+    )
+    threshold: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.3, description="Arousal (tanh units, -1..1) at which the plan turns calm or aroused."
+    )
+    hysteresis: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.15, description="How far arousal must fall back below the threshold before the plan returns."
+    )
+    min_bars: Annotated[int, Field(ge=1, le=64)] = Field(
+        4, description="Fewest bars between two changes of the plan's level (no flicker)."
+    )
+    avoid_intervals: list[Annotated[int, Field(ge=0, le=11)]] = Field(
+        default_factory=lambda: [1, 6, 11],
+        description="Interval classes (semitones mod 12) a new note may not form with any sounding note "
+        "(1 = minor second, 6 = tritone, 11 = major seventh); [] allows all.",
+    )
+    strong_beat_chord_tones: bool = Field(
+        True, description="Pitched onsets on beats 1 and 3 use chord tones only (scale tones elsewhere)."
+    )
+
+
 class OutputSettings(_Section):
     """Where notes go."""
 
@@ -183,6 +219,12 @@ class OutputSettings(_Section):
     midi_api: Literal["auto", "jack", "alsa", "coremidi", "winmm"] = "auto"
     soundfont: Path = Field(Path(DEFAULT_SOUNDFONT), description="GM SoundFont for WAV rendering.")
     sample_rate: Annotated[int, Field(ge=8000, le=192_000)] = 44100
+    midi_clock: bool = Field(
+        False, description="Live runs: send MIDI clock (24 per beat) with Start/Stop on the MIDI port for DAWs/synths."
+    )
+    clock_in: str | None = Field(
+        None, description="Live runs: name (or unique substring) of a MIDI input port whose clock sets the tempo."
+    )
 
 
 class RecordSettings(_Section):
@@ -314,6 +356,7 @@ class Settings(BaseSettings):
     signal: SignalSettings = Field(default_factory=SignalSettings)
     bands: BandSettings = Field(default_factory=BandSettings)
     music: MusicSettings = Field(default_factory=MusicSettings)
+    harmony: HarmonySettings = Field(default_factory=HarmonySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,11 +25,16 @@ from .config import InstrumentSettings, Settings
 from .errors import StreamLostError
 from .events import BrainState, Chunk, Note, SignalInfo, Window
 from .music.clock import Scheduler
+from .music.harmony import BarPlan
+from .music.midiclock import ClockFollower, ClockTrack
 from .recording import SessionRecorder
 from .sinks.base import Sink
 from .sources.base import Source
 
 log = logging.getLogger("brainharmonic")
+
+#: An incoming MIDI clock's tempo must move this far (BPM) from ours before we follow (its jitter stays put).
+CLOCK_IN_JITTER = 0.5
 
 StateListener = Callable[[BrainState, list[Note]], None]
 
@@ -59,9 +65,9 @@ class Engine:
             # The generator composes; the brain latent steers it through the brain → music latent map.
             from .music.learned import LearnedComposer
 
-            self.composer = LearnedComposer(self.instruments, settings.music, settings.generator)
+            self.composer = LearnedComposer(self.instruments, settings.music, settings.generator, settings.harmony)
         else:
-            self.composer = ClassicComposer(self.instruments, settings.music)
+            self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
         self._composed_until: float | None = None
 
     def windows(self, chunk: Chunk) -> list[Window]:
@@ -144,6 +150,8 @@ class RenderResult:
     instruments: dict[str, InstrumentSettings]
     info: SignalInfo
     seconds: float
+    bars: list[BarPlan] = field(default_factory=list)  #: the harmonic plan, bar by bar
+    arbiter_costs: list[float] = field(default_factory=list)  #: seconds of arbiter work per bar
 
 
 def _open_sinks(sinks: Sequence[Sink], engine: Engine) -> None:
@@ -181,7 +189,9 @@ async def render(
             await scheduler.drain()
         for sink in sinks:
             sink.close()
-    return RenderResult(notes_all, states, engine.instruments, source.info, last_t)
+    bars = list(engine.composer.plan.history)
+    costs = list(engine.composer.arbiter.bar_costs)
+    return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs)
 
 
 class LivePipeline:
@@ -212,7 +222,10 @@ class LivePipeline:
         self.recorder: SessionRecorder | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
+        self.clock: ClockTrack | None = None  #: MIDI clock out (output.midi_clock), per run
+        self.clock_in: ClockFollower | None = None  #: the incoming MIDI clock followed (output.clock_in)
         self._queue: WindowQueue | None = None
+        self._last_state: BrainState | None = None
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the run to end (thread-safe only via loop.call_soon_threadsafe)."""
@@ -223,6 +236,15 @@ class LivePipeline:
     async def run(self) -> RunStats:
         self.stop_event = asyncio.Event()
         self._queue = WindowQueue()
+        self.clock = ClockTrack() if self.settings.output.midi_clock else None
+        self.clock_in = self._open_clock_in()  # a missing port fails before the stream is waited for
+        try:
+            return await self._run()
+        finally:
+            if self.clock_in is not None:
+                self.clock_in.close()
+
+    async def _run(self) -> RunStats:
         async with self.source:
             engine = self.engine = Engine(self.source.info, self.settings)
             _open_sinks(self.sinks, engine)
@@ -310,8 +332,14 @@ class LivePipeline:
     async def _compose(self, engine: Engine, scheduler: Scheduler) -> None:
         assert self._queue is not None
         while (window := await self._queue.get()) is not None:
+            before = engine._composed_until
             state, notes = engine.compose(window)
             scheduler.schedule(notes)
+            self._last_state = state
+            if self.clock is not None and engine._composed_until is not None:
+                # The clock runs on through spans without notes (a gap), but never sends a tick late.
+                start = window.t_end + self.settings.music.lookahead if before is None else before
+                self._tick(engine, scheduler, max(start, scheduler.music_now()), engine._composed_until)
             self.stats.latencies_ms.append((time.monotonic() - window.stamp) * 1e3)
             self.stats.windows += 1
             self.stats.notes += len(notes)
@@ -361,12 +389,74 @@ class LivePipeline:
         end = engine._composed_until
         if end <= start:
             return []
-        scheduler.cancel(after=start)
+        scheduler.cancel(after=start)  # clock ticks after start too
         rewind(start)
+        if self.clock is not None:
+            self.clock.rewind(start)
         notes = engine.composer.compose(state, start, end)
         scheduler.schedule(notes)
+        if self.clock is not None:
+            self._tick(engine, scheduler, start, end)
         self.stats.notes += len(notes)
         if self.recorder is not None:
             self.recorder.event("recomposed", from_time=round(start, 6))
             self.recorder.write_notes(notes)
         return notes
+
+    # ------------------------------------------------------------------ MIDI clock
+
+    def _tick(self, engine: Engine, scheduler: Scheduler, start: float, end: float) -> None:
+        """Schedule the MIDI clock for ``[start, end)`` from the composer's beat timeline."""
+        assert self.clock is not None
+        msgs = self.clock.span(engine.composer, start, end)
+        if msgs:
+            scheduler.schedule_messages(msgs)
+
+    def _open_clock_in(self) -> ClockFollower | None:
+        """Open the MIDI input named by ``output.clock_in``; its tempo estimates come to the event loop."""
+        port = self.settings.output.clock_in
+        if port is None:
+            return None
+        from .control import handler  # noqa: F401  (imported now, not on the event loop at the first change)
+
+        loop = asyncio.get_running_loop()
+
+        def on_tempo(bpm: float) -> None:  # MIDI thread
+            with contextlib.suppress(RuntimeError):  # the loop closed while the port was still open
+                loop.call_soon_threadsafe(self._follow_clock, bpm)
+
+        def on_transport(what: str) -> None:  # MIDI thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(log.info, "MIDI clock input %s: %s", port, what)
+
+        follower = ClockFollower(port, api=self.settings.output.midi_api, on_tempo=on_tempo, on_transport=on_transport)
+        follower.open()
+        log.info("following the MIDI clock on %s", follower.port_name)
+        return follower
+
+    def _follow_clock(self, bpm: float) -> None:
+        """Event loop: an incoming clock's tempo estimate; followed once it is ``CLOCK_IN_JITTER`` away."""
+        composer = None if self.engine is None else self.engine.composer
+        if composer is None or not hasattr(composer, "retime") or self.scheduler is None:
+            return
+        bpm = round(min(300.0, max(20.0, bpm)), 2)
+        if abs(float(composer.tempo) - bpm) >= CLOCK_IN_JITTER:
+            self.retime_now(bpm)
+
+    def retime_now(self, bpm: float) -> float | None:
+        """Play at ``bpm`` from just after now; what was scheduled beyond is composed again.
+
+        The same cut as the MQTT ``set_tempo`` command (control/handler.py): the composer changes tempo
+        ``CUT_MARGIN`` after now and :meth:`recompose` makes it heard at once. Returns the music time of
+        the change, or None before the first window.
+        """
+        from .control.handler import CUT_MARGIN
+
+        engine, scheduler = self.engine, self.scheduler
+        if engine is None or scheduler is None or not scheduler.running or engine._composed_until is None:
+            return None
+        at = max(scheduler.music_now() + CUT_MARGIN, 0.0)
+        engine.composer.retime(at, bpm)
+        if self._last_state is not None and engine._composed_until > at:
+            self.recompose(self._last_state, at)
+        return at

@@ -12,7 +12,7 @@ import mido
 import numpy as np
 import pytest
 
-from brainharmonic_rt.config import ControlSettings, MusicSettings
+from brainharmonic_rt.config import ControlSettings, HarmonySettings, MusicSettings
 from brainharmonic_rt.control.messages import SyncBeat
 from brainharmonic_rt.control.sync import SNAP_BEATS, BeatSync
 from brainharmonic_rt.errors import ConfigError
@@ -28,8 +28,9 @@ HOP = 0.25
 
 
 def _composer(**music: object) -> ClassicComposer:
+    """A composer whose tempo only changes when sync says so (the plan's brain-driven tempo is off)."""
     m = MusicSettings(**{"seed": 5, **music})
-    return ClassicComposer(resolve_instruments(NAMES, m), m)
+    return ClassicComposer(resolve_instruments(NAMES, m), m, HarmonySettings(adaptive_tempo=False))
 
 
 def _state(i: int, beta: float = 1.0) -> BrainState:
@@ -129,7 +130,7 @@ def test_follower_snaps_then_tracks_the_leader_beat_for_beat() -> None:
         _play(follower, i, i + 1)
         fsync.align(follower, (i + 1) * HOP, o_f, now=o_l + i * HOP)
     assert fsync.role == "follower" and fsync.snaps == 1
-    assert (follower.key, follower.scale) == ("D", "dorian") and follower.tempo == pytest.approx(120.0)
+    assert (follower.key, follower.scale) == ("D", "dorian") and follower.tempo == pytest.approx(leader.tempo)
     for b in range(int(leader.beat_at(10.0)), int(leader.beat_at(10.0)) + 8):  # the same beats at the same moments
         assert o_f + follower.time_of_beat(b) == pytest.approx(o_l + leader.time_of_beat(b), abs=1e-6)
     # a small error is closed smoothly: tempo nudged by at most max_adjust, no snap

@@ -158,6 +158,8 @@ class LiveControl:
         c = p.engine.composer
         now = p.scheduler.music_now()
         beat = c.beat_at(now) if hasattr(c, "beat_at") else None
+        plan = getattr(c, "plan", None)
+        bar = plan.current if plan is not None else None
         return MusicTelemetry(
             key=getattr(c, "key", p.settings.music.key),
             scale=getattr(c, "scale", p.settings.music.scale),
@@ -165,6 +167,10 @@ class LiveControl:
             tempo=float(getattr(c, "tempo", p.settings.music.tempo)),
             mode=getattr(p.engine, "mode", None) or p.settings.music.mode,
             beat=None if beat is None or beat < 0 else round(float(beat), 4),
+            centre=bar.key if bar is not None else None,
+            tonality=bar.mode if bar is not None else None,
+            level=bar.level if bar is not None else None,
+            arousal=round(float(plan.arousal), 4) if plan is not None else None,
             notes={k: v for k, v in p.scheduler.sounding().items() if k},
             muted=list(getattr(c, "muted", [])),
             solo=getattr(c, "solo", None),

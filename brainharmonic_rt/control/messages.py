@@ -380,6 +380,14 @@ class MusicTelemetry(Payload):
     tempo: Annotated[float, Field(ge=20, le=300)]
     mode: ModeName
     beat: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Beats since the session start.")
+    centre: KeyName | None = Field(default=None, description="Tonal centre of the harmonic plan (relative keys).")
+    tonality: Literal["major", "minor"] | None = Field(default=None, description="Quality of the centre's chord.")
+    level: Annotated[int, Field(ge=-1, le=1)] | None = Field(
+        default=None, description="The plan's brain level: -1 calm, 0 neutral, 1 aroused."
+    )
+    arousal: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        default=None, description="Smoothed global arousal tanh((z_beta - z_alpha) / 2) driving the plan."
+    )
     notes: dict[str, list[MidiNote]] = Field(
         default_factory=dict, description="Instrument → MIDI pitches sounding now."
     )

@@ -17,18 +17,20 @@ calibrating   sparser (× 0.35) and softer (× 0.6) until the baseline is known
 
 So a sustained change of 2 σ (beta up, alpha down) makes an instrument about 5×
 denser, half a register higher and clearly louder; nothing re-normalises it away.
-The group average chooses the chord of each bar (a Markov walk over scale
-degrees; calm, high-alpha states stay on a chord longer).
+Key, chord, tempo and overall density come from the shared :class:`~.harmony.HarmonicPlan`
+(driven by the global brain state, with hysteresis), and every note passes the
+:class:`~.arbiter.Arbiter` before it is committed.
 
 Roles shape rhythm: bass plays the chord root (or fifth) on beats; harmony plays
 sustained chords on bar starts (and half bars when dense); melody walks the scale
 stepwise towards its register target, landing on chord tones on beats; texture
 arpeggiates chord tones; percussion plays kick / snare / hi-hat (GM drum map).
 
-Every onset lies on the grid (``60 / tempo / steps_per_beat`` s); pitches are
-quantised to key and scale inside each instrument's register. A global cap
-(``max_polyphony``) limits notes sounding at once; when it bites, instruments with
-fewer sounding notes go first, ties rotating, so no instrument is always dropped.
+Every onset lies on the grid (``60 / tempo / steps_per_beat`` s); each wished pitch is
+quantised by the arbiter onto the allowed set (chord tones on beats 1 and 3, scale tones
+elsewhere, in register, no forbidden interval against sounding notes). The arbiter's global
+cap (``max_polyphony``) holds a slot for each instrument that is active but silent;
+instruments with fewer sounding notes choose first, ties rotating.
 Randomness comes from numpy Generators seeded with ``(music.seed, instrument
 index)``: the same states and spans give the same notes.
 """
@@ -40,27 +42,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import InstrumentSettings, MusicSettings
+from ..config import HarmonySettings, InstrumentSettings, MusicSettings
 from ..events import BrainState, Note
-from .scales import SCALES, pitch_classes, quantize, scale_pitches
+from .arbiter import Arbiter
+from .harmony import BarPlan, HarmonicPlan
+from .scales import quantize, scale_pitches
+from .timeline import Timeline
 
 BANDS = ("theta", "alpha", "beta")
 BEATS_PER_BAR = 4
 _EPS = 1e-9
 
-# Scale-degree chord progressions for 7-note scales (from degree → likely next degrees).
-_PROGRESSION: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {
-    0: ((3, 4, 5, 1), (0.3, 0.3, 0.25, 0.15)),
-    1: ((4, 6, 3), (0.6, 0.2, 0.2)),
-    2: ((5, 3), (0.6, 0.4)),
-    3: ((4, 0, 1), (0.45, 0.35, 0.2)),
-    4: ((0, 5, 3), (0.6, 0.25, 0.15)),
-    5: ((3, 1, 4), (0.4, 0.3, 0.3)),
-    6: ((0, 5), (0.7, 0.3)),
-}
 _KICK, _SNARE, _HAT = 36, 38, 42
-_SHARPS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_FLATS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +103,6 @@ class _Voice:
     features: Features = field(default_factory=lambda: features_from_z({}, False))
 
 
-@dataclass(slots=True)
-class _Sounding:
-    end: float
-    channel: int
-    pitch: int
-    voice: int
-    start: float = 0.0
-
-
 class ClassicComposer:
     """Turns :class:`BrainState` into grid-aligned, in-scale notes, one instrument per group.
 
@@ -126,15 +110,22 @@ class ClassicComposer:
     ----------
     instruments : group name → instrument (as from :func:`~.ensemble.resolve_instruments`).
     music : tempo, key, scale, grid, seed, polyphony cap, smoothing.
+    harmony : the plan's and the arbiter's settings.
     """
 
-    def __init__(self, instruments: dict[str, InstrumentSettings], music: MusicSettings) -> None:
+    def __init__(
+        self,
+        instruments: dict[str, InstrumentSettings],
+        music: MusicSettings,
+        harmony: HarmonySettings | None = None,
+    ) -> None:
         self._music = music
         self._spb = music.steps_per_beat
         self._bar = BEATS_PER_BAR * self._spb
-        grid = 60.0 / music.tempo / self._spb
-        self._pcs = pitch_classes(music.key, music.scale)
-        self._n_degrees = len(SCALES[music.scale])
+        self.plan = HarmonicPlan(music, harmony)
+        self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
+        self._bar_plan: BarPlan | None = None
+        self._revise_bar = False
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF  # SeedSequence wants a non-negative entropy
         self._voices = [
             _Voice(
@@ -147,26 +138,24 @@ class ClassicComposer:
             )
             for i, (name, inst) in enumerate(instruments.items())
         ]
-        self._chord_rng = np.random.default_rng([seed, 1_000_003])
-        self._degree = 0
         self._key: str = music.key
         self._scale: str = music.scale
-        # Grid timing as segments (t0, step position at t0, seconds per step), so a live tempo change
-        # keeps the grid phase: step k sounds at t0 + (k - s0) * grid in the segment that holds it.
-        self._segments: list[tuple[float, float, float]] = [(0.0, 0.0, grid)]
+        # A live tempo change keeps the grid phase (see Timeline); step k is beat k / steps_per_beat.
+        self._timeline = Timeline(music.tempo)
         self._solo: str | None = None
-        self._plan: dict[int, int] = {}  # bar index → chord degree, decided one bar ahead
-        self._external_plan: dict[int, int] = {}  # bar index → degree from a leader (multi-performer sync)
-        self._sounding: list[_Sounding] = []
         self._smoothed: dict[str, dict[str, float]] = {}
         self._last_t: float | None = None
         self._turn = 0
-        self.dropped = 0  #: notes dropped by the polyphony cap so far
+
+    @property
+    def dropped(self) -> int:
+        """Notes the arbiter refused so far (cap, clash)."""
+        return self.arbiter.dropped
 
     @property
     def grid(self) -> float:
         """Seconds between grid steps (at the latest tempo)."""
-        return self._segments[-1][2]
+        return 60.0 / self._timeline.tempo / self._spb
 
     @property
     def features(self) -> dict[str, Features]:
@@ -178,6 +167,7 @@ class ClassicComposer:
         for v in self._voices:
             if v.name == name:
                 v.muted = muted
+                self._sync_audible()
                 return
         raise KeyError(name)
 
@@ -190,7 +180,7 @@ class ClassicComposer:
     @property
     def tempo(self) -> float:
         """Beats per minute of the latest grid segment."""
-        return 60.0 / (self._segments[-1][2] * self._spb)
+        return self._timeline.tempo
 
     @property
     def key(self) -> str:
@@ -218,27 +208,16 @@ class ClassicComposer:
         """Instrument settings as they are now (programs and registers may have changed live)."""
         return {v.name: v.inst for v in self._voices}
 
-    def _segment(self, t: float) -> tuple[float, float, float]:
-        for seg in reversed(self._segments):
-            if t >= seg[0] - _EPS:
-                return seg
-        return self._segments[0]
-
     def _pos(self, t: float) -> float:
         """Grid position (in steps, fractional) of music time ``t``."""
-        t0, s0, grid = self._segment(t)
-        return s0 + (t - t0) / grid
+        return self._timeline.beat_at(t) * self._spb
 
     def _time_of(self, step: float) -> float:
         """Music time of grid position ``step``."""
-        for t0, s0, grid in reversed(self._segments):
-            if step >= s0 - _EPS:
-                return t0 + (step - s0) * grid
-        t0, s0, grid = self._segments[0]
-        return t0 + (step - s0) * grid
+        return self._timeline.time_of_beat(step / self._spb)
 
     def _grid_at(self, t: float) -> float:
-        return self._segment(t)[2]
+        return self._timeline.seconds_per_beat(t) / self._spb
 
     def beat_at(self, t: float) -> float:
         """Beat position (fractional, 0 = session start unless a leader renumbered it) at music time ``t``."""
@@ -250,23 +229,22 @@ class ClassicComposer:
 
     def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
         """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
-        given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering)."""
-        tempo = self.tempo if tempo is None else float(tempo)
-        if not 20.0 <= tempo <= 300.0:
-            raise ValueError(f"tempo must be 20..300 BPM, got {tempo}")
-        pos = self._pos(at) if beat is None else float(beat) * self._spb
-        self._segments = [seg for seg in self._segments if seg[0] < at - _EPS]
-        self._segments.append((at, pos, 60.0 / tempo / self._spb))
-        del self._segments[:-8]  # older segments are never asked for again
+        given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering).
+
+        A tempo set from outside (a user, a leader, an incoming MIDI clock) pins it: the plan stops
+        moving the tempo with the brain.
+        """
+        self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
+        self.plan.pin_tempo()
 
     def rewind(self, t: float) -> None:
         """Forget notes composed with onsets at or after ``t`` (they were cancelled downstream)."""
-        self._sounding = [s for s in self._sounding if s.start < t - _EPS]
+        self.arbiter.rewind(t)
 
     def set_key(
         self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None
     ) -> None:
-        """Key and scale (and optionally registers, name → (low, high)) from now on.
+        """Key and scale (and optionally registers, name → (low, high)) from now on; pins the key.
 
         Raises ConfigError, changing nothing, if a register would hold no note of the scale.
         """
@@ -276,16 +254,16 @@ class ClassicComposer:
             self._voice(name)
         bounds = [registers.get(v.name, (v.inst.low, v.inst.high)) for v in self._voices]
         allowed = [scale_pitches(key, scale, lo, hi) for lo, hi in bounds]
-        pcs = pitch_classes(key, scale)
         for v, a, (lo, hi) in zip(self._voices, allowed, bounds, strict=True):
             if (lo, hi) != (v.inst.low, v.inst.high):
                 v.inst = v.inst.model_copy(update={"low": int(lo), "high": int(hi)})
+                self.arbiter.set_instrument(v.name, v.inst)
             v.allowed = a
             v.arp_pos = 0
-        self._pcs, self._n_degrees = pcs, len(SCALES[scale])
-        self._degree %= self._n_degrees
-        self._plan = {b: d % self._n_degrees for b, d in self._plan.items()}
+        if (key, scale) != (self._key, self._scale):
+            self.plan.set_home(key, scale, pin=True)
         self._key, self._scale = key, scale
+        self._revise_bar = True  # the bar in progress is planned again from the next composed step
 
     def _voice(self, name: str) -> _Voice:
         for v in self._voices:
@@ -307,12 +285,17 @@ class ClassicComposer:
         if name is not None:
             self._voice(name)
         self._solo = name
+        self._sync_audible()
+
+    def _sync_audible(self) -> None:
+        self.arbiter.audible = [self._audible(v) for v in self._voices]
 
     def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
         """Polyphony cap and feature smoothing from now on (a config reload)."""
         update: dict[str, float | int] = {}
         if max_polyphony is not None:
             update["max_polyphony"] = int(max_polyphony)
+            self.arbiter.max_polyphony = int(max_polyphony)
         if smoothing is not None:
             update["smoothing"] = float(smoothing)
         self._music = self._music.model_copy(update=update)
@@ -326,31 +309,25 @@ class ClassicComposer:
 
     def chord_name(self, degree: int | None = None) -> str:
         """Symbol of the current chord (or of scale degree ``degree``), e.g. 'Dm' or 'G'."""
-        d = self._degree if degree is None else degree
-        n = self._n_degrees
-        root, third, fifth = self._pcs[d % n], self._pcs[(d + 2) % n], self._pcs[(d + 4) % n]
-        quality = {(4, 7): "", (3, 7): "m", (3, 6): "dim", (4, 8): "aug"}.get(
-            ((third - root) % 12, (fifth - root) % 12), "sus"
-        )
-        names = _FLATS if self._key == "F" or "b" in self._key else _SHARPS
-        return names[root] + quality
+        return self.plan.chord_name(degree)
 
     @property
     def degree(self) -> int:
         """Scale degree (0-based) of the current chord's root."""
-        return self._degree
+        return self.plan.degree
 
     def chord_plan(self) -> list[tuple[int, int]]:
         """(bar, degree) of the chords decided ahead (the next bar's), for a leader to publish."""
-        return sorted(self._plan.items())
+        return self.plan.chord_plan()
 
     def follow_chords(self, plan: dict[int, int]) -> None:
         """Use a leader's chord degrees for these bars (bar index → degree) when they start."""
-        self._external_plan.update({int(b): int(d) for b, d in plan.items()})
+        self.plan.follow_chords(plan)
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets on grid steps in ``[start, end)`` (music seconds), sorted by time."""
         self._update_features(state)
+        self.plan.observe(state)
         first = max(0, math.ceil(self._pos(start) - _EPS))
         stop = math.ceil(self._pos(end) - _EPS)
         notes: list[Note] = []
@@ -376,74 +353,54 @@ class ClassicComposer:
             self._smoothed[v.name] = new
             v.features = features_from_z(new, state.calibrating)
 
-    def _mean_alpha(self) -> float:
-        if not self._smoothed:
-            return 0.0
-        return float(np.mean([z["alpha"] for z in self._smoothed.values()]))
-
     # -- music side -------------------------------------------------------------------------
 
-    def _next_chord(self, bar: int) -> None:
-        """Chord of bar ``bar``: a leader's plan if it has one, else ours (decided one bar ahead).
+    def _start_bar(self, step: int, t: float) -> None:
+        """Ask the plan for this bar (tempo, chord, density) and hand it to the arbiter."""
+        bar = self.plan.start_bar(step // self._bar, t, self.tempo)
+        if abs(bar.tempo - self.tempo) > 1e-9:
+            self._timeline.retime(t, bar.tempo)  # the plan's own change: not a pin
+        self._bar_plan = bar
+        self.arbiter.set_bar(bar)
 
-        Deciding one bar ahead lets a leader publish the next bar's chord before followers need it.
-        """
-        degree = self._plan.pop(bar, None)
-        if degree is None:
-            degree = self._walk(self._degree)
-        external = self._external_plan.pop(bar, None)
-        self._degree = (external if external is not None else degree) % self._n_degrees
-        self._plan[bar + 1] = self._walk(self._degree)
-        for old in [b for b in self._plan if b <= bar]:
-            del self._plan[old]
-        for old in [b for b in self._external_plan if b < bar]:
-            del self._external_plan[old]
-
-    def _walk(self, degree: int) -> int:
-        """One step of the chord Markov walk from ``degree``."""
-        rng = self._chord_rng
-        stay = float(np.clip(0.2 + 0.3 * math.tanh(self._mean_alpha() / 2.0), 0.05, 0.6))
-        degree %= self._n_degrees
-        if rng.random() < stay:
-            return degree
-        if self._n_degrees == 7:
-            nxt, p = _PROGRESSION[degree]
-            return int(rng.choice(nxt, p=p))
-        w = np.ones(self._n_degrees)
-        w[0] = 3.0
-        w[degree] = 0.0
-        return int(rng.choice(self._n_degrees, p=w / w.sum()))
-
-    def _chord(self) -> tuple[int, int, int]:
-        """Pitch classes of the current chord: root, third, fifth (stacked scale thirds)."""
-        n, d = self._n_degrees, self._degree
-        return (self._pcs[d % n], self._pcs[(d + 2) % n], self._pcs[(d + 4) % n])
+    def _chord(self) -> tuple[int, ...]:
+        """Pitch classes of the current chord, root first."""
+        return self._bar_plan.chord_pcs if self._bar_plan is not None else self.plan.chord_pcs()
 
     def _step(self, step: int, calibrating: bool) -> list[Note]:
         t = self._time_of(step)
-        if step % self._bar == 0:
-            self._next_chord(step // self._bar)
-        self._sounding = [s for s in self._sounding if s.end > t + _EPS]
+        if step % self._bar == 0 or self._bar_plan is None or self._revise_bar:
+            self._revise_bar = False
+            self._start_bar(step, t)
+            t = self._time_of(step)
+        self._bar_plan = self.arbiter.plan_at(t)
+        self.arbiter.forget_before(t)
         wanted = [(v, self._play(v, step)) for v in self._voices if self._audible(v)]
         wanted = [(v, cand) for v, cand in wanted if cand]
         if not wanted:
             return []
         n_voices = len(self._voices)
-        counts = {v.index: sum(s.voice == v.index for s in self._sounding) for v, _ in wanted}
+        sounding = self.arbiter.notes
+        counts = {v.index: sum(s.voice == v.index for s in sounding) for v, _ in wanted}
         wanted.sort(key=lambda vc: (counts[vc[0].index], (vc[0].index - self._turn) % n_voices))
         self._turn += 1
+        strong = step % (2 * self._spb) == 0  # beats 1 and 3
+        grid = self._grid_at(t)
         out: list[Note] = []
         for v, cand in wanted:
+            drum = v.inst.role == "percussion"
             for pitch, velocity, steps in cand:
-                ch = v.inst.channel
-                # a retrigger of a sounding (channel, pitch) ends the old note first (the scheduler does so)
-                self._sounding = [s for s in self._sounding if not (s.channel == ch and s.pitch == pitch)]
-                if len(self._sounding) >= self._music.max_polyphony:
-                    self.dropped += 1
-                    continue
-                dur = steps * self._grid_at(t)
-                self._sounding.append(_Sounding(t + dur, ch, pitch, v.index, t))
-                out.append(Note(t, dur, pitch, velocity, ch, v.name))
+                if not drum:
+                    chosen = self.arbiter.choose(v.index, pitch, t, strong)
+                    if chosen is None:
+                        self.arbiter.dropped += 1
+                        continue
+                    pitch = chosen
+                    if v.inst.role == "melody":
+                        v.last_pitch = pitch
+                dur = self.arbiter.admit(v.index, t, steps * grid, pitch, drum=drum, min_duration=0.5 * grid)
+                if dur is not None:
+                    out.append(Note(t, dur, pitch, velocity, v.inst.channel, v.name))
         return out
 
     def _velocity(self, v: _Voice, accent: float, scale: float = 1.0) -> int:
@@ -452,7 +409,9 @@ class ClassicComposer:
         return int(np.clip(round(lo + pos * (hi - lo)), 1, 127))
 
     def _target(self, v: _Voice) -> float:
-        return v.inst.low + v.features.register * (v.inst.high - v.inst.low)
+        shift = self._bar_plan.register if self._bar_plan is not None else 0.0
+        position = float(np.clip(v.features.register + shift, 0.0, 1.0))
+        return v.inst.low + position * (v.inst.high - v.inst.low)
 
     def _nearest_pc(self, v: _Voice, pc: int, target: float) -> int:
         cands = v.allowed[v.allowed % 12 == pc]
@@ -467,6 +426,8 @@ class ClassicComposer:
         """Candidate notes (pitch, velocity, duration in steps) of one voice at one step."""
         role = v.inst.role
         f = v.features
+        if self._bar_plan is not None:  # the plan's overall density (calm: sparser)
+            f = Features(f.density * self._bar_plan.density, f.register, f.loudness, f.legato)
         spb, bar = self._spb, self._bar
         in_bar = step % bar
         on_beat = step % spb == 0

@@ -16,6 +16,12 @@ Invariants: every note_on gets exactly one note_off (a retrigger of a sounding
 (channel, pitch) sends the note_off first and the old note's own note_off is then
 skipped); program changes go out at start; at equal times note_offs precede note_ons;
 :meth:`Scheduler.panic` silences every sounding note and every used channel.
+
+Clock and transport messages (:data:`SYNC_TYPES`: 0xF8 clock, Start, Continue, Stop, song
+position) scheduled with :meth:`Scheduler.schedule_messages` go only to sinks whose
+``wants_clock`` is true (the live MIDI port; a file or synth has no use for 50 ticks a second).
+They go before notes at equal times. Transport: Start goes out once; a tick while stopped is
+preceded by Continue; once started, :meth:`Scheduler.panic` (hence every exit) sends Stop.
 """
 
 from __future__ import annotations
@@ -42,10 +48,13 @@ from ..errors import BrainharmonicError, SinkError
 from ..events import Note
 from ..sinks.base import MemorySink, Sink, program_changes, silence_messages
 
-_OFF, _ON = 0, 1  # at equal times note_offs go first
+_MSG, _OFF, _ON = -1, 0, 1  # at equal times clock messages go first, then note_offs
+#: Message types that only sinks with ``wants_clock`` get.
+SYNC_TYPES = frozenset({"clock", "start", "continue", "stop", "songpos"})
+_START, _CONTINUE = mido.Message("start"), mido.Message("continue")
 _COARSE = 0.0015  # wake this long before a target, then sleep finely
 _SPIN = 0.0002  # spin the last part of a wait
-_Item = tuple[float, int, int, mido.Message, int]  # (music time, order, seq, message, note id)
+_Item = tuple[float, int, int, mido.Message, int]  # (music time, order, seq, message, note id; 0 = no note)
 
 
 class Scheduler:
@@ -53,7 +62,8 @@ class Scheduler:
 
     Parameters
     ----------
-    sinks : where every message goes (already opened by the caller).
+    sinks : where every message goes (already opened by the caller); clock and transport messages
+        only to those with a true ``wants_clock`` attribute.
     realtime : True = a dispatcher thread on the wall clock; False = virtual clock driven by
         :meth:`advance`.
     origin : realtime only: ``time.monotonic()`` value of music time 0 (default: entry time).
@@ -81,6 +91,9 @@ class Scheduler:
         rt_priority: int = 5,
     ) -> None:
         self._sinks = list(sinks)
+        self._clock_sinks = [s for s in self._sinks if getattr(s, "wants_clock", False)]
+        self._transport: str | None = None  # None before Start, then "running" / "stopped"
+        self._clock_sent = 0
         self._realtime = realtime
         self._origin = origin
         self._instruments = dict(instruments or {})
@@ -222,6 +235,24 @@ class Scheduler:
         if pushed and not self._realtime:
             self._deliver_until(self._now)
 
+    def schedule_messages(self, items: Iterable[tuple[float, mido.Message]]) -> None:
+        """Queue other messages (MIDI clock, transport) at their music times; never blocks.
+
+        They are dropped by :meth:`panic` and by a :meth:`cancel` of all instruments; one whose time
+        has passed is sent at once.
+        """
+        self._check_running()
+        self._raise_error()
+        pushed = False
+        with self._cond:
+            for t, msg in items:
+                heapq.heappush(self._heap, (t, _MSG, next(self._seq), msg, 0))
+                pushed = True
+            if pushed:
+                self._cond.notify_all()
+        if pushed and not self._realtime:
+            self._deliver_until(self._now)
+
     def advance(self, music_time: float) -> None:
         """Virtual mode: deliver everything with time <= ``music_time``, in order."""
         self._check_running()
@@ -267,7 +298,8 @@ class Scheduler:
     def panic(self) -> None:
         """Now: note_off for every sounding note, then CC 123 and CC 64 = 0 on every used channel.
 
-        Pending messages are dropped; scheduling may continue afterwards.
+        Pending messages (clock ticks too) are dropped and a running MIDI clock gets Stop; scheduling
+        may continue afterwards (the next tick brings Continue).
         """
         with self._cond:
             self._heap.clear()
@@ -281,6 +313,8 @@ class Scheduler:
             self._live.clear()
             for msg in silence_messages(self._channels):
                 self._send(msg, t)
+            if self._transport == "running":
+                self._send(mido.Message("stop"), t)
 
     def cancel(
         self,
@@ -292,10 +326,12 @@ class Scheduler:
     ) -> int:
         """Drop notes not yet sounding (onset at or after ``after``; of ``instruments``, None = all).
 
-        With ``end_sounding`` the sounding notes of ``instruments`` get their note_off now, and CC 123
-        goes to their channels and to ``channels`` unless another instrument sounds there. Returns
-        the number of notes dropped; scheduling continues normally afterwards. Lock order: the
-        condition, then the send lock (nothing takes them the other way round).
+        With ``instruments`` None, pending other messages (clock ticks) at or after ``after`` (all with
+        ``after`` None) are dropped too, so a recompose replaces them. With ``end_sounding`` the
+        sounding notes of ``instruments`` get their note_off now, and CC 123 goes to their channels
+        and to ``channels`` unless another instrument sounds there. Returns the number of notes
+        dropped; scheduling continues normally afterwards. Lock order: the condition, then the send
+        lock (nothing takes them the other way round).
         """
         wanted = None if instruments is None else set(instruments)
         with self._cond, self._send_lock:
@@ -313,8 +349,16 @@ class Scheduler:
                 }  # fmt: skip
             for nid in dropped:
                 del self._live[nid]
-            if dropped:
-                self._heap = [item for item in self._heap if item[4] not in dropped]
+            drop_msgs = wanted is None and any(
+                item[1] == _MSG and (after is None or item[0] >= after) for item in self._heap
+            )
+            if dropped or drop_msgs:
+                self._heap = [
+                    item
+                    for item in self._heap
+                    if item[4] not in dropped
+                    and not (drop_msgs and item[1] == _MSG and (after is None or item[0] >= after))
+                ]
                 heapq.heapify(self._heap)
                 self._cond.notify_all()
             if end_sounding:
@@ -374,6 +418,8 @@ class Scheduler:
             "pending": pending,
             "errors": 0 if self._error is None else 1,
             "rt_scheduling": self.rt_scheduling,
+            "clock_sent": self._clock_sent,
+            "transport": self._transport or "none",
         }
 
     # -- internals ------------------------------------------------------------------------------
@@ -387,8 +433,41 @@ class Scheduler:
             err, self._error = self._error, None
             raise err
 
+    @property
+    def transport(self) -> str | None:
+        """MIDI clock transport as sent: None before Start, then "running" or "stopped"."""
+        return self._transport
+
     def _send(self, msg: mido.Message, music_time: float) -> None:
-        for sink in self._sinks:
+        if msg.type in SYNC_TYPES:
+            self._send_sync(msg, music_time)
+            return
+        self._emit(self._sinks, msg, music_time)
+        self._sent += 1
+
+    def _send_sync(self, msg: mido.Message, music_time: float) -> None:
+        """Clock/transport to the sinks that want it, keeping the transport consistent (send lock held)."""
+        kind = msg.type
+        if kind == "clock":
+            if self._transport != "running":  # a tick needs a running transport: Start once, else Continue
+                self._emit(self._clock_sinks, _CONTINUE if self._transport == "stopped" else _START, music_time)
+                self._transport = "running"
+                self._clock_sent += 1
+        elif kind in ("start", "continue"):
+            if self._transport == "running":
+                return
+            if self._transport == "stopped":
+                msg = _CONTINUE  # Start (back to bar 1) only once per run
+            self._transport = "running"
+        elif kind == "stop":
+            if self._transport != "running":
+                return
+            self._transport = "stopped"
+        self._emit(self._clock_sinks, msg, music_time)
+        self._clock_sent += 1
+
+    def _emit(self, sinks: list[Sink], msg: mido.Message, music_time: float) -> None:
+        for sink in sinks:
             try:
                 sink.send(msg, music_time)
             except BrainharmonicError as exc:
@@ -398,7 +477,6 @@ class Scheduler:
                     f"MIDI output {type(sink).__name__} failed while sending {msg.type} ({exc}); "
                     "check that the port or file is still there."
                 )
-        self._sent += 1
 
     def _pop_due(self, music_time: float) -> list[_Item]:
         """Pop every item with time <= music_time (call with the condition held)."""
@@ -418,6 +496,9 @@ class Scheduler:
             if epoch != self._epoch:  # a panic came in between: drop the batch
                 return
             for t, order, _, msg, nid in batch:
+                if order == _MSG:
+                    self._send(msg, t)
+                    continue
                 key = (msg.channel, msg.note)
                 if order == _ON:
                     if nid not in self._live:  # cancelled while in flight

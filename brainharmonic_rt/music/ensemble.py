@@ -5,7 +5,9 @@ Scalp regions get instruments that suit what they drive: frontal → melody
 register), parietal → texture (harp arpeggios), occipital → a second melody
 (marimba). Groups with other names (``group1`` .. ``groupN`` for unknown layouts)
 take roles in the order bass, harmony, melody, texture, … so the first four
-already make a band. Each instrument gets its own MIDI channel; channel 9 (GM
+already make a band. An ensemble of three or more without a temporal group gets its bass from
+the occipital group (else the last one), so small headsets (8 channels) still have a bottom; a
+4-channel Muse (frontal + temporal) plays melody over bass. Each instrument gets its own MIDI channel; channel 9 (GM
 percussion) only for the percussion role.
 
 User entries in ``music.instruments`` (keyed by group name) override field-wise:
@@ -77,6 +79,11 @@ def _templates(group_names: Sequence[str]) -> dict[str, dict[str, Any]]:
         else:
             out[name] = dict(FALLBACK_DEFAULTS[fallback % len(FALLBACK_DEFAULTS)])
             fallback += 1
+    if len(out) >= 3 and not any(t["role"] == "bass" for t in out.values()):
+        # a band needs a bottom: e.g. an 8-channel cap without temporal sites (frontal, central,
+        # parietal, occipital) gets its bass from the occipital group (else the last group)
+        bottom = next((n for n in out if "occip" in n.lower()), list(out)[-1])
+        out[bottom] = dict(ROLE_DEFAULTS["bass"])
     return out
 
 

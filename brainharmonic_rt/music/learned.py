@@ -15,29 +15,35 @@ past ``end`` and returns the notes with onsets in ``[start, end)``.
 
 Constraints are logit biases, not post-hoc edits: pitches outside the instrument's register (and,
 with ``generator.scale_lock``, outside the key/scale) are forbidden, pitched instruments cannot
-emit drum tokens and drums only drum tokens. A global cap (``music.max_polyphony``) drops notes
-when too many sound at once (voices take turns being first).
+emit drum tokens and drums only drum tokens. At every position where a pitch may come next, the
+harmony :class:`~.arbiter.Arbiter` adds its mask (chord tones on beats 1 and 3, scale tones
+elsewhere, nothing that clashes with a sounding note) and the shared
+:class:`~.harmony.HarmonicPlan` tilts the register; admitted notes pass the arbiter's clash rule
+and polyphony cap. The plan's tempo and density apply bar by bar (calm: off-beat notes thinned).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..brain.latent_map import DEFAULT_MAP, LatentMap, Space, bandpower_features
-from ..config import GeneratorSettings, InstrumentSettings, MusicSettings
-from ..errors import ModelError
+from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
+from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
+from .arbiter import Arbiter
 from .generator import FORBID, GeneratorModel, Voice
+from .harmony import HarmonicPlan
 from .scales import pitch_classes
+from .timeline import Timeline
 from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
 
 MAX_NOTE_BEATS = 8.0
 _KICK, _SNARE, _HAT = 36, 38, 42
+TILT = 6.0  # logits across a register per unit of the plan's register shift
 TOKENS_PER_BEAT_BUDGET = 64  # decoding budget per beat of span per voice (the corpus needs ~6)
-_EPS = 1e-9
 
 
 def instrument_bias(
@@ -78,11 +84,12 @@ class _LVoice:
     name: str
     inst: InstrumentSettings
     voice: Voice
+    index: int
+    thin_rng: np.random.Generator  # the plan's density thinning (apart from the voice's sampling RNG)
     latent: np.ndarray | None = None  # latent of the bar being decoded
     pending: np.ndarray | None = None  # latent for the next bar
     muted: bool = False
     drum_map: bool = False  # percussion through pitched tokens (see drum_sound)
-    sounding: list[tuple[float, int]] = field(default_factory=list)  # (end time, pitch)
 
 
 class LearnedComposer:
@@ -93,6 +100,7 @@ class LearnedComposer:
     instruments : group name → instrument.
     music : tempo, key, scale, seed, polyphony cap.
     generator : model paths and sampling settings.
+    harmony : the shared plan's and the arbiter's settings.
     model, latent_map : already opened objects (tests, several composers sharing one session).
     """
 
@@ -101,6 +109,7 @@ class LearnedComposer:
         instruments: dict[str, InstrumentSettings],
         music: MusicSettings,
         generator: GeneratorSettings | None = None,
+        harmony: HarmonySettings | None = None,
         *,
         model: GeneratorModel | None = None,
         latent_map: LatentMap | None = None,
@@ -119,34 +128,54 @@ class LearnedComposer:
                 f"{self.model.latent_dim}; fit the map again for this generator."
             )
         self._band_map: LatentMap | None = None
-        self._spb = 60.0 / music.tempo
-        pcs = pitch_classes(music.key, music.scale) if gen.scale_lock else None
+        self._key: str = music.key
+        self._scale: str = music.scale
+        self.plan = HarmonicPlan(music, harmony)
+        self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
+        self._timeline = Timeline(music.tempo)
+        vocab = self.model.vocab
+        pitch_ids = vocab.ids_of("pitch")
+        self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
+        self._after_pitch_ok = np.isin(vocab.kind, [vocab.KINDS.index("position"), vocab.KINDS.index("duration")])
+        self._drums = self.model.resolve_program(DRUM_PROGRAM) == DRUM_PROGRAM
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF
         self._voices: list[_LVoice] = []
         for i, (name, inst) in enumerate(instruments.items()):
             program = DRUM_PROGRAM if inst.role == "percussion" else inst.program
             v = Voice(self.model, program, (seed, i), gen.temperature, gen.top_p)
-            drums = self.model.resolve_program(DRUM_PROGRAM) == DRUM_PROGRAM
-            v.base_bias = instrument_bias(self.model.vocab, inst, pcs, drums)
-            drum_map = inst.role == "percussion" and not drums
-            self._voices.append(_LVoice(name, inst, v, muted=inst.muted, drum_map=drum_map))
-        self._origin: float | None = None
+            drum_map = inst.role == "percussion" and not self._drums
+            rng = np.random.default_rng([seed, 7_000_003, i])
+            self._voices.append(_LVoice(name, inst, v, i, rng, muted=inst.muted, drum_map=drum_map))
+        self._set_biases()
+        self._solo: str | None = None
+        self._started = False
+        self._bar = -1  # last bar the plan started
+        self._frontier: float | None = None  # end of the last composed span
         self._turn = 0
-        self.dropped = 0  #: notes dropped by the polyphony cap so far
+
+    def _set_biases(self) -> None:
+        pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock else None
+        for v in self._voices:
+            v.voice.base_bias = instrument_bias(self.model.vocab, v.inst, pcs, self._drums)
 
     # -- what the rest of the service reads ------------------------------------------------------
 
     @property
+    def dropped(self) -> int:
+        """Notes the arbiter refused so far (cap, clash)."""
+        return self.arbiter.dropped
+
+    @property
     def tempo(self) -> float:
-        return self._music.tempo
+        return self._timeline.tempo
 
     @property
     def key(self) -> str:
-        return self._music.key
+        return self._key
 
     @property
     def scale(self) -> str:
-        return self._music.scale
+        return self._scale
 
     @property
     def steps_per_beat(self) -> int:
@@ -155,7 +184,7 @@ class LearnedComposer:
     @property
     def grid(self) -> float:
         """Seconds between grid steps (sixteenths)."""
-        return self._spb / self.steps_per_beat
+        return 60.0 / self.tempo / self.steps_per_beat
 
     @property
     def instruments(self) -> dict[str, InstrumentSettings]:
@@ -166,16 +195,115 @@ class LearnedComposer:
         return [v.name for v in self._voices if v.muted]
 
     @property
+    def solo(self) -> str | None:
+        return self._solo
+
+    @property
     def latents(self) -> dict[str, np.ndarray | None]:
         """The music latent each voice is playing now (telemetry)."""
         return {v.name: v.latent for v in self._voices}
 
+    @property
+    def degree(self) -> int:
+        return self.plan.degree
+
+    def chord_name(self, degree: int | None = None) -> str:
+        return self.plan.chord_name(degree)
+
+    def chord_plan(self) -> list[tuple[int, int]]:
+        return self.plan.chord_plan()
+
+    def follow_chords(self, plan: dict[int, int]) -> None:
+        self.plan.follow_chords(plan)
+
+    def beat_at(self, t: float) -> float:
+        """Beat position at music time ``t`` (0 = the first composed span)."""
+        return self._timeline.beat_at(t)
+
+    def time_of_beat(self, beat: float) -> float:
+        return self._timeline.time_of_beat(beat)
+
+    # -- live changes ------------------------------------------------------------------------------
+    #
+    # The generator's state only moves forward, so a change cannot re-decode notes already composed:
+    # it applies from the end of the composed span (at most one hop after ``at``). There is no
+    # ``rewind``; the pipeline then leaves scheduled notes alone.
+
+    def _from(self, at: float) -> float:
+        return at if self._frontier is None else max(at, self._frontier)
+
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
+        """``tempo`` BPM from ``at`` (or the composed frontier, if later) on; pins the tempo (see ClassicComposer)."""
+        at = self._from(at)
+        if beat is not None and self._frontier is not None and at > self._frontier:
+            beat = None
+        self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
+        self.plan.pin_tempo()
+
+    def set_key(
+        self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Key and scale (and registers, name → (low, high)) from the next bar on; pins the key.
+
+        Raises ConfigError / ModelError, changing nothing, if a register would hold no playable note.
+        """
+        scale = self._scale if scale is None else scale
+        pcs = pitch_classes(key, scale)
+        updated = []
+        for v in self._voices:
+            lo, hi = (registers or {}).get(v.name, (v.inst.low, v.inst.high))
+            inst = v.inst.model_copy(update={"low": int(lo), "high": int(hi)})
+            instrument_bias(self.model.vocab, inst, pcs if self._gen.scale_lock else None, self._drums)  # validates
+            if v.inst.role != "percussion" and not np.isin(np.arange(lo, hi + 1) % 12, pcs).any():
+                raise ConfigError(f"Register {lo}..{hi} of {v.name!r} holds no note of {key} {scale}; widen it.")
+            updated.append(inst)
+        for v, inst in zip(self._voices, updated, strict=True):
+            if inst != v.inst:
+                v.inst = inst
+                self.arbiter.set_instrument(v.name, inst)
+        if (key, scale) != (self._key, self._scale):
+            self.plan.set_home(key, scale, pin=True)
+        self._key, self._scale = key, scale
+        self._set_biases()
+
+    def set_register(self, name: str, low: int, high: int) -> None:
+        self._voice(name)
+        self.set_key(self._key, self._scale, registers={name: (low, high)})
+
+    def set_program(self, name: str, program: int) -> None:
+        """Record an instrument's new program (the caller sends the program change; conditioning stays)."""
+        v = self._voice(name)
+        v.inst = v.inst.model_copy(update={"program": int(program)})
+
     def set_muted(self, name: str, muted: bool) -> None:
+        self._voice(name).muted = muted
+        self._sync_audible()
+
+    def set_solo(self, name: str | None) -> None:
+        if name is not None:
+            self._voice(name)
+        self._solo = name
+        self._sync_audible()
+
+    def silenced(self) -> set[str]:
+        return {v.name for v in self._voices if not self._audible(v)}
+
+    def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
+        if max_polyphony is not None:
+            self.arbiter.max_polyphony = int(max_polyphony)
+            self._music = self._music.model_copy(update={"max_polyphony": int(max_polyphony)})
+
+    def _voice(self, name: str) -> _LVoice:
         for v in self._voices:
             if v.name == name:
-                v.muted = muted
-                return
+                return v
         raise KeyError(name)
+
+    def _audible(self, v: _LVoice) -> bool:
+        return not v.muted and (self._solo is None or v.name == self._solo)
+
+    def _sync_audible(self) -> None:
+        self.arbiter.audible = [self._audible(v) for v in self._voices]
 
     # -- brain side ------------------------------------------------------------------------------
 
@@ -207,22 +335,44 @@ class LearnedComposer:
         """Notes with onsets in ``[start, end)`` (music seconds) for the brain state ``state``."""
         if end <= start:
             return []
-        if self._origin is None:
-            self._origin = start
+        if not self._started:
+            self._timeline.reset(start)
+            self._started = True
+        self.plan.observe(state)
         for v in self._voices:
             v.pending = self.music_latent(state, v.name)
-        order = self._voices[self._turn % len(self._voices) :] + self._voices[: self._turn % len(self._voices)]
+        n = len(self._voices)
+        order = self._voices[self._turn % n :] + self._voices[: self._turn % n]
         self._turn += 1
+        self.arbiter.forget_before(start)
         out: list[Note] = []
-        budget = int(TOKENS_PER_BEAT_BUDGET * ((end - start) / self._spb + 1))
+        budget = int(TOKENS_PER_BEAT_BUDGET * ((end - start) / (60.0 / self.tempo) + 1))
         for v in order:
             out.extend(self._decode(v, start, end, budget))
+        self._frontier = end if self._frontier is None else max(self._frontier, end)
         out.sort(key=lambda n: (n.time, n.channel, n.pitch))
         return out
 
     def _time(self, beat: float) -> float:
-        assert self._origin is not None
-        return self._origin + beat * self._spb
+        return self._timeline.time_of_beat(beat)
+
+    def _ensure_bar(self, beat: float) -> None:
+        """Start every plan bar up to the one holding ``beat`` (the first voice to get there does it)."""
+        while self._bar < int(beat // BEATS_PER_BAR + 1e-9):
+            self._bar += 1
+            t = self._time(self._bar * BEATS_PER_BAR)
+            bar = self.plan.start_bar(self._bar, t, self.tempo)
+            if abs(bar.tempo - self.tempo) > 1e-9:
+                self._timeline.retime(t, bar.tempo)  # the plan's own change: not a pin
+            self.arbiter.set_bar(bar)
+
+    def _pitch_bias(self, v: _LVoice) -> np.ndarray | None:
+        """The arbiter's mask (with the plan's register lean) when a pitch may come next."""
+        if v.inst.role == "percussion" or not self._after_pitch_ok[v.voice.token]:
+            return None
+        beat = v.voice.decoder.beat
+        strong = abs(beat - round(beat)) < 1e-9 and round(beat) % 2 == 0
+        return self.arbiter.pitch_bias(v.index, self._time(beat), strong)
 
     def _decode(self, v: _LVoice, start: float, end: float, budget: int) -> list[Note]:
         voice = v.voice
@@ -230,39 +380,41 @@ class LearnedComposer:
         if v.latent is None and voice.decoder.bar <= 0 and voice.steps == 0:
             v.latent = v.pending
         for _ in range(budget):
-            if self._time(voice.decoder.beat) >= end - _EPS:
+            self._ensure_bar(voice.decoder.beat)
+            if self._time(voice.decoder.beat) >= end - 1e-9:
                 break
             bar_before = voice.decoder.bar
-            token_note = None
-            voice.step(v.latent)
+            voice.step(v.latent, self._pitch_bias(v))
             if voice.decoder.bar != bar_before:
                 v.latent = v.pending  # a new bar takes the newest latent
-            if voice.decoder.notes:
-                token_note = voice.decoder.notes.pop()
-            if token_note is None:
+            if not voice.decoder.notes:
                 continue
+            token_note = voice.decoder.notes.pop()
+            self._ensure_bar(token_note.onset)
             t = self._time(token_note.onset)
-            if t < start - _EPS or t >= end - _EPS or v.muted:
+            if t < start - 1e-9 or t >= end - 1e-9 or not self._audible(v):
                 continue
-            dur = min(token_note.duration, MAX_NOTE_BEATS) * self._spb
-            note = self._admit(v, t, dur, token_note.pitch, token_note.velocity)
+            note = self._admit(v, t, token_note.onset, token_note.duration, token_note.pitch, token_note.velocity)
             if note is not None:
                 notes.append(note)
         return notes
 
-    def _admit(self, v: _LVoice, t: float, dur: float, pitch: int, velocity: int) -> Note | None:
+    def _admit(self, v: _LVoice, t: float, beat: float, beats: float, pitch: int, velocity: int) -> Note | None:
+        spb = 60.0 / self.tempo
+        dur = min(beats, MAX_NOTE_BEATS) * spb
+        drum = v.inst.role == "percussion"
         if v.drum_map:
-            pitch, dur = drum_sound(pitch), min(dur, 0.25 * self._spb)
-        for other in self._voices:
-            other.sounding = [(e, p) for e, p in other.sounding if e > t + _EPS]
-        v.sounding = [(e, p) for e, p in v.sounding if p != pitch]
-        if sum(len(o.sounding) for o in self._voices) >= self._music.max_polyphony:
-            self.dropped += 1
+            pitch, dur = drum_sound(pitch), min(dur, 0.25 * spb)
+        plan = self.arbiter.plan_at(t)
+        on_beat = abs(beat - round(beat)) < 1e-9
+        if plan is not None and plan.density < 1.0 and not on_beat and v.thin_rng.random() > plan.density:
+            return None  # a calmer plan plays sparser: off-beat notes are thinned
+        got = self.arbiter.admit(v.index, t, dur, pitch, drum=drum, min_duration=0.25 * spb / self.steps_per_beat)
+        if got is None:
             return None
         lo, hi = v.inst.velocity
         vel = int(np.clip(round(lo + (velocity - 1) / 126 * (hi - lo)), 1, 127))
-        v.sounding.append((t + dur, pitch))
-        return Note(t, dur, pitch, vel, v.inst.channel, v.name)
+        return Note(t, got, pitch, vel, v.inst.channel, v.name)
 
 
 def total_latent_beats(bars: int) -> float:

@@ -27,7 +27,11 @@ SINK_KINDS: dict[str, str] = {
 
 @runtime_checkable
 class Sink(Protocol):
-    """Where MIDI messages go. ``send`` may be called from the scheduler's thread."""
+    """Where MIDI messages go. ``send`` may be called from the scheduler's thread.
+
+    A sink that wants MIDI clock and transport messages (a live port a DAW follows) has a class
+    attribute ``wants_clock = True``; the Scheduler sends those to no other sink.
+    """
 
     def open(self, instruments: dict[str, InstrumentSettings], tempo: float) -> None:
         """Get ready for a session with these instruments at ``tempo`` BPM."""
@@ -101,9 +105,13 @@ class NoteTracker:
 
 
 class MemorySink:
-    """Keeps every message with its music time: for telemetry, recording and tests."""
+    """Keeps every message with its music time: for telemetry, recording and tests.
 
-    def __init__(self) -> None:
+    ``wants_clock``: also keep MIDI clock and transport messages (off by default, like a file).
+    """
+
+    def __init__(self, *, wants_clock: bool = False) -> None:
+        self.wants_clock = wants_clock
         self.messages: list[tuple[float, mido.Message]] = []
         self.instruments: dict[str, InstrumentSettings] = {}
         self.tempo: float | None = None

@@ -179,6 +179,8 @@ class RtMidiSink:
     client_name : MIDI client name (JACK shows ports as ``client:port``).
     """
 
+    wants_clock = True  #: the Scheduler sends MIDI clock and transport here (a DAW may follow them)
+
     def __init__(
         self,
         port: str | None = None,

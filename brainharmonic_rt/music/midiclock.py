@@ -1,0 +1,306 @@
+"""MIDI clock: 24 ticks per beat with Start/Stop out, and a follower for an incoming clock.
+
+Out. Tick ``k`` of a run sounds at ``composer.time_of_beat(k / 24)``, so the clock follows every
+tempo change the composer makes (a live retime, a leader's beat numbering, a harmonic plan). The
+pipeline asks :class:`ClockTrack` for the ticks of each music span it composes, ``[start, end)``;
+adjacent spans share their boundary, so they split the ticks without overlap. Start (0xFA) goes
+just before the first tick, on the first bar line (beat 0, 4, 8, ...), so a DAW's bar 1 is one of
+ours. When notes after ``at`` are composed again, the Scheduler's ``cancel(after=at)`` drops the
+ticks after ``at`` too and :meth:`ClockTrack.rewind` forgets exactly those, so the span composed
+again neither repeats nor skips a tick. Stop (0xFC) is the Scheduler's job: it sends one on every
+exit (end, panic, error) once a Start went out.
+
+In. :class:`ClockFollower` listens on a MIDI input (JACK/ALSA through python-rtmidi) and estimates
+the sender's tempo from the 0xF8 ticks with :class:`TempoEstimator`. It uses rtmidi's per-message
+delta times, which JACK stamps once per process cycle: single intervals are quantised to the period
+(5.3 ms at 256 frames, a quarter of a tick at 120 BPM), so the tempo is the least-squares slope of
+tick time over tick count across the last ``window`` ticks, whose error shrinks with the count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import mido
+
+from ..errors import SinkError
+from ..sinks.rtmidi_port import _candidate_apis, _match, _no_midi_system, _open_client, _quiet_stderr
+
+PPQN = 24  #: MIDI clock ticks per quarter note (beat)
+BEATS_PER_BAR = 4
+CLOCK = mido.Message("clock")  # shared and never mutated: one tick is not worth an allocation
+START = mido.Message("start")
+STOP = mido.Message("stop")
+CONTINUE = mido.Message("continue")
+_EPS_TICKS = 1e-6  # float slack when a beat position lands on a tick
+_SAME_TICK = 1e-6  # s: a tick this close to the last scheduled one is that tick again
+_MAX_TRACK = 4096  # scheduled ticks remembered for rewinds (~100 s at 96 BPM; rewinds reach < 1 s back)
+
+
+class Timeline(Protocol):
+    """What a composer offers for the clock (both composers have it)."""
+
+    def beat_at(self, t: float) -> float: ...
+
+    def time_of_beat(self, beat: float) -> float: ...
+
+
+# -- out ------------------------------------------------------------------------------------------
+
+
+def first_tick(timeline: Timeline, t: float, ppqn: int = PPQN) -> int:
+    """Index of the first tick at or after music time ``t`` (tick k is beat k / ppqn)."""
+    return math.ceil(timeline.beat_at(t) * ppqn - _EPS_TICKS)
+
+
+def tick_times(timeline: Timeline, start: float, end: float, ppqn: int = PPQN) -> list[tuple[int, float]]:
+    """(index, music time) of the ticks in ``[start, end)`` on the timeline as it is now.
+
+    Times are never earlier than ``start`` (float slack); indices follow the beat numbering, so a
+    leader's renumbering moves them while the times stay continuous.
+    """
+    lo, hi = first_tick(timeline, start, ppqn), first_tick(timeline, end, ppqn)
+    return [(k, max(start, timeline.time_of_beat(k / ppqn))) for k in range(lo, hi)]
+
+
+class ClockTrack:
+    """The clock messages one run has scheduled, so spans continue and recomposes replace exactly.
+
+    Parameters
+    ----------
+    ppqn : ticks per beat (24 for MIDI clock).
+    beats_per_bar : Start waits for a bar line: the first tick is on a multiple of this many beats.
+    """
+
+    def __init__(self, ppqn: int = PPQN, beats_per_bar: int = BEATS_PER_BAR) -> None:
+        self.ppqn = ppqn
+        self._bar = ppqn * beats_per_bar
+        self._ticks: deque[float] = deque(maxlen=_MAX_TRACK)  # music times of scheduled ticks, ascending
+        self._start_at: float | None = None  # music time of the scheduled Start; None before it
+
+    @property
+    def started(self) -> bool:
+        """Whether a Start is scheduled (or already sent)."""
+        return self._start_at is not None
+
+    def span(self, timeline: Timeline, start: float, end: float) -> list[tuple[float, mido.Message]]:
+        """Clock messages for ``[start, end)``: the ticks (after a Start on the first bar line)."""
+        ticks = tick_times(timeline, start, end, self.ppqn)
+        if self._start_at is None and ticks:
+            bar_line = -(-ticks[0][0] // self._bar) * self._bar  # the first tick index on a bar line
+            ticks = [(k, t) for k, t in ticks if k >= bar_line]
+        last = self._ticks[-1] if self._ticks else -math.inf
+        out: list[tuple[float, mido.Message]] = []
+        for _, t in ticks:
+            if t <= last + _SAME_TICK:  # the tick before a rewind point that survived it
+                continue
+            if self._start_at is None:
+                self._start_at = t
+                out.append((t, START))
+            out.append((t, CLOCK))
+            self._ticks.append(t)
+            last = t
+        return out
+
+    def rewind(self, at: float) -> None:
+        """Forget the messages at or after ``at``: the Scheduler's ``cancel(after=at)`` dropped them."""
+        while self._ticks and self._ticks[-1] >= at:
+            self._ticks.pop()
+        if self._start_at is not None and self._start_at >= at:
+            self._start_at = None
+
+
+# -- in -------------------------------------------------------------------------------------------
+
+
+class TempoEstimator:
+    """Tempo of an incoming MIDI clock from per-message delta times (seconds since the previous message).
+
+    Feed it every message the port delivers (:meth:`feed`), not only the ticks: deltas add up to a
+    time axis. Start, Continue and Stop begin a new run of ticks, as does a gap longer than
+    ``gap_factor`` times the current tick interval (a sender that paused without Stop).
+
+    Parameters
+    ----------
+    window : ticks in the least-squares fit (48 = two beats).
+    min_ticks : intervals needed before the first estimate (24 = one beat).
+    every : re-estimate after this many ticks (cheap enough for the MIDI thread at 6).
+    """
+
+    def __init__(
+        self, *, window: int = 48, min_ticks: int = 24, every: int = 6, gap_factor: float = 4.0, ppqn: int = PPQN
+    ) -> None:
+        if not 2 <= min_ticks <= window:
+            raise ValueError(f"min_ticks must be 2..window ({window}), got {min_ticks}")
+        self.ppqn, self.min_ticks, self.every, self.gap_factor = ppqn, min_ticks, every, gap_factor
+        self._times: deque[float] = deque(maxlen=window + 1)
+        self._now = 0.0
+        self._since = 0
+        self.tempo: float | None = None  #: latest estimate (BPM); kept across a Stop
+        self.running: bool | None = None  #: None until a Start/Continue/Stop arrives
+        self.ticks = 0
+
+    def feed(self, status: int, delta: float) -> float | None:
+        """One message (status byte, delta time); returns a fresh tempo estimate when there is one."""
+        self._now += max(0.0, delta)
+        if status == 0xF8:
+            self.ticks += 1
+            times = self._times
+            if len(times) >= 2 and self._now - times[-1] > self.gap_factor * (times[-1] - times[0]) / (len(times) - 1):
+                times.clear()  # a pause: the ticks before it say nothing about the tempo after it
+                self._since = 0
+            times.append(self._now)
+            self._since += 1
+            if self._since >= self.every and len(times) > self.min_ticks:
+                self._since = 0
+                self.tempo = self._fit()
+                return self.tempo
+        elif status in (0xFA, 0xFB, 0xFC):
+            self.running = status != 0xFC
+            self._times.clear()
+            self._since = 0
+        return None
+
+    def _fit(self) -> float:
+        """Least-squares slope of tick time over tick index → BPM."""
+        ys = self._times
+        n = len(ys)
+        x_mean = (n - 1) / 2.0
+        y_mean = sum(ys) / n
+        num = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(ys))
+        den = n * (n * n - 1) / 12.0
+        interval = num / den
+        return 60.0 / (interval * self.ppqn) if interval > 0 else math.inf
+
+
+class ClockFollower:
+    """Follows the MIDI clock on an input port: its tempo and its Start/Stop/Continue.
+
+    Parameters
+    ----------
+    port : exact name or unique (case-insensitive) substring of an existing MIDI input port.
+    api : "auto", "jack", "alsa", "coremidi" or "winmm" (as for the MIDI output).
+    on_tempo : called with each new estimate (BPM), from the MIDI thread: hand it over with
+        ``loop.call_soon_threadsafe``.
+    on_transport : called with "start", "continue" or "stop", from the MIDI thread.
+    """
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        api: str = "auto",
+        client_name: str = "brainharmonic-clock-in",
+        on_tempo: Callable[[float], None] | None = None,
+        on_transport: Callable[[str], None] | None = None,
+        estimator: TempoEstimator | None = None,
+    ) -> None:
+        self.port = port
+        self.api = api
+        self.client_name = client_name
+        self.on_tempo = on_tempo
+        self.on_transport = on_transport
+        self.estimator = estimator or TempoEstimator()
+        self.port_name: str | None = None  #: the opened input port
+        self.api_used: str | None = None
+        self.errors = 0  #: exceptions raised by on_tempo / on_transport (the MIDI thread must not die)
+        self._in: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def tempo(self) -> float | None:
+        """The sender's tempo (BPM) as last estimated; None before a beat of ticks arrived."""
+        return self.estimator.tempo
+
+    @property
+    def running(self) -> bool | None:
+        """The sender's transport: True after Start/Continue, False after Stop, None before either."""
+        return self.estimator.running
+
+    def open(self) -> None:
+        """Connect to the input port; SinkError naming the available inputs if it does not exist."""
+        if self._in is not None:
+            raise SinkError("This MIDI clock input is already open; close it before opening it again.")
+        tried = _candidate_apis(self.api)
+        available: dict[str, list[str]] = {}
+        for api in tried:
+            try:
+                mi = _open_client(api, "in", self.client_name)
+            except SinkError:
+                if self.api != "auto":
+                    raise
+                continue
+            try:
+                names = list(mi.get_ports())
+                hits = _match(self.port, names)
+                if len(hits) > 1:
+                    raise SinkError(
+                        f"MIDI input port {self.port!r} is ambiguous; it matches "
+                        f"{', '.join(repr(names[i]) for i in hits)}. Give more of the name with --clock-in."
+                    )
+                if not hits:
+                    available[api] = names
+                    mi.delete()
+                    continue
+                mi.ignore_types(sysex=False, timing=False, active_sense=False)  # every delta counts
+                with _quiet_stderr():
+                    mi.open_port(hits[0], f"{self.client_name}-in")
+                # Not the bound method: a MidiIn whose callback refers to its owner forms a cycle the
+                # collector may free while the MIDI thread still calls it.
+                on_message = weakref.WeakMethod(self._on_message)
+                mi.set_callback(lambda event, data=None, ref=on_message: (m := ref()) is not None and m(event))
+            except BaseException:
+                if not mi.is_deleted:
+                    mi.delete()
+                raise
+            self._in, self.port_name, self.api_used = mi, names[hits[0]], api
+            return
+        if not available:
+            raise _no_midi_system(tried)
+        listing = "; ".join(
+            f"{api}: {', '.join(repr(n) for n in names) or '(none)'}" for api, names in available.items()
+        )
+        raise SinkError(
+            f"MIDI clock input port {self.port!r} does not exist (available inputs — {listing}); "
+            "pick one of those with --clock-in (`brainharmonic ports` lists them)."
+        )
+
+    def _on_message(self, event: tuple[list[int], float]) -> None:
+        data, delta = event
+        if not data:
+            return
+        status = data[0]
+        with self._lock:
+            tempo = self.estimator.feed(status, delta)
+        try:
+            if tempo is not None and self.on_tempo is not None and math.isfinite(tempo):
+                self.on_tempo(tempo)
+            elif status in (0xFA, 0xFB, 0xFC) and self.on_transport is not None:
+                self.on_transport({0xFA: "start", 0xFB: "continue", 0xFC: "stop"}[status])
+        except Exception:
+            self.errors += 1
+
+    def close(self) -> None:
+        """Stop the callback, close the port, delete the client (explicitly: see the sinks). Idempotent."""
+        mi, self._in = self._in, None
+        if mi is None or mi.is_deleted:
+            return
+        with contextlib.suppress(Exception):
+            mi.cancel_callback()
+        try:
+            mi.close_port()
+        finally:
+            mi.delete()
+
+    def __enter__(self) -> ClockFollower:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
