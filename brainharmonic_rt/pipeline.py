@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import InstrumentSettings, Settings
-from .errors import StreamLostError
+from .errors import ConfigError, StreamLostError
 from .events import BrainState, Chunk, Note, SignalInfo, Window
 from .music.clock import Scheduler
 from .music.harmony import BarPlan
@@ -417,6 +417,11 @@ class LivePipeline:
         port = self.settings.output.clock_in
         if port is None:
             return None
+        if self.settings.control.follow is not None:
+            raise ConfigError(
+                f"output.clock_in ({port!r}) and control.follow ({self.settings.control.follow!r}) would both set "
+                "the tempo; follow either the MIDI clock or the sync leader, not both."
+            )
         from .control import handler  # noqa: F401  (imported now, not on the event loop at the first change)
 
         loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ import pytest
 import rtmidi
 
 from brainharmonic_rt.config import MusicSettings, load_settings
-from brainharmonic_rt.errors import SinkError
+from brainharmonic_rt.errors import ConfigError, SinkError
 from brainharmonic_rt.music.classic import ClassicComposer
 from brainharmonic_rt.music.clock import Scheduler
 from brainharmonic_rt.music.ensemble import resolve_instruments
@@ -474,3 +474,14 @@ def test_cli_run_with_a_missing_clock_input_prints_one_sentence() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "MIDI clock input port 'no-such-clock' does not exist" in lines[0], proc.stderr
     assert "--clock-in" in lines[0]
+
+
+async def test_clock_input_and_a_sync_leader_cannot_both_set_the_tempo(source_id: str) -> None:
+    settings = load_settings(
+        stream={"source_id": source_id, "timeout": 1.0},
+        output={"virtual_port": None, "midi_api": "jack", "clock_in": "some-clock"},
+        control={"follow": "lead"},
+    )
+    pipe = LivePipeline(settings, LSLSource(settings.stream), [])
+    with pytest.raises(ConfigError, match=r"output.clock_in \('some-clock'\) and control.follow \('lead'\) would both"):
+        await pipe.run()

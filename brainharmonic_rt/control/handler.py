@@ -211,6 +211,9 @@ class PipelineHandler:
         _, _, composer = self._parts()
         self._can(composer, "set_tempo", "retime", "beat_at")
         self._refuse_if_following("bpm", "set_tempo")
+        clock_in = self.pipeline.settings.output.clock_in
+        if clock_in is not None:
+            raise CommandError("bpm", f"is set by the MIDI clock on {clock_in!r} (output.clock_in); change it there")
         at = self._cut(lambda at: composer.retime(at, bpm))
         return {"tempo": bpm, **self._when(at), "from_beat": round(composer.beat_at(at), 4)}
 

@@ -53,6 +53,9 @@ class _Bar:
     chord: list[np.ndarray]  # per voice: chord tones in register (falls back to scale)
     # with a generator vocabulary (set_vocab), per voice over its pitch tokens: in scale / in chord, register lean
     base_bias: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (weak, strong) (vocab,)
+    lean: list[np.ndarray] = field(default_factory=list)  # (vocab,) register lean only
+    scale_table: list[np.ndarray] = field(default_factory=list)  # (128,) bool per voice
+    chord_table: list[np.ndarray] = field(default_factory=list)
 
 
 class Arbiter:
@@ -114,10 +117,16 @@ class Arbiter:
             ch = sc[in_chord[sc % 12]]
             scale.append(sc if sc.size else pitches)
             chord.append(ch if ch.size else scale[-1])
+        tables: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        for sc, ch in zip(scale, chord, strict=True):
+            for table, pitches_ok in zip(tables, (sc, ch), strict=True):
+                row = np.zeros(128, bool)
+                row[pitches_ok[(pitches_ok >= 0) & (pitches_ok < 128)]] = True
+                table.append(row)
         while self._bars and self._bars[-1].plan.start >= plan.start - _EPS:
             self._bars.pop()  # a bar composed again (rewind) replaces the old decision
         self._serial += 1
-        bar = _Bar(self._serial, plan, scale, chord)
+        bar = _Bar(self._serial, plan, scale, chord, scale_table=tables[0], chord_table=tables[1])
         if self._vocab is not None:
             self._token_sets(bar)
         self._bars.append(bar)
@@ -136,6 +145,9 @@ class Arbiter:
             pc_chord[ch % 12] = True
             mid, half = (inst.low + inst.high) / 2.0, max((inst.high - inst.low) / 2.0, 1.0)
             lean = (tilt * bar.plan.register * (values - mid) / half).astype(np.float32)
+            full_lean = np.zeros(size, np.float32)
+            full_lean[ids] = lean
+            bar.lean.append(full_lean)
             pair = []
             for ok in (in_reg & pc_scale[pcs], in_reg & (pc_chord if self.strong_chord else pc_scale)[pcs]):
                 b = np.zeros(size, np.float32)
@@ -253,6 +265,35 @@ class Arbiter:
         if allowed.size == 0:
             return None
         return int(allowed[np.argmin(np.abs(allowed - target))])
+
+    def permits(self, voice: int, t: float, strong: bool, pitch: int) -> bool:
+        """Whether ``voice`` may start ``pitch`` at ``t`` (the allowed set, without building it)."""
+        t0 = time.perf_counter()
+        try:
+            bar = self._bar(t)
+            mask, full = self._situation(voice, t)
+            if full or (mask >> (pitch % 12)) & 1:
+                return False
+            if bar is None:
+                inst = self._inst[voice]
+                return inst.low <= pitch <= inst.high
+            table = bar.chord_table if strong and self.strong_chord else bar.scale_table
+            return bool(table[voice][pitch]) if 0 <= pitch < 128 else False
+        finally:
+            self._cost += time.perf_counter() - t0
+
+    def lean_bias(self, voice: int, t: float) -> np.ndarray | None:
+        """(vocab,) the plan's register lean over the pitch tokens for ``voice`` at ``t`` (None: no lean)."""
+        t0 = time.perf_counter()
+        try:
+            bar = self._bar(t)
+            if bar is None or self._vocab is None or not bar.plan.register:
+                return None
+            if not bar.base_bias:
+                self._token_sets(bar)
+            return bar.lean[voice]
+        finally:
+            self._cost += time.perf_counter() - t0
 
     def set_vocab(self, size: int, pitch_ids: np.ndarray, pitch_values: np.ndarray, tilt: float = 0.0) -> None:
         """The generator's vocabulary, for :meth:`pitch_bias`; ``tilt``: logits across a register per unit of

@@ -11,6 +11,7 @@ token), then nucleus (top-p) truncation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,12 +181,22 @@ class Voice:
             bias[v.bar] = 0.0
         return bias
 
-    def step(self, latent: np.ndarray | None, logit_bias: np.ndarray | None = None) -> int:
+    def step(
+        self,
+        latent: np.ndarray | None,
+        logit_bias: np.ndarray | None = None,
+        veto: Callable[[int], np.ndarray | None] | None = None,
+    ) -> int:
         """Decode one token (fed back as the next input); returns its id.
 
         latent : (latent_dim,) for the bar being decoded, or None (unconditioned).
         logit_bias : (vocab,) extra bias for this step (e.g. from a harmony arbiter), added to
         :meth:`grammar_bias`.
+        veto : called with the sampled token; returns None to accept it, or a (vocab,) bias (e.g. the
+        arbiter's mask) to sample again from the logits plus that bias. Sampling, then resampling from
+        the masked logits when refused, draws from the same distribution as masking up front (an allowed
+        token a: p(a) + (1 - Z)·p(a)/Z = p(a)/Z, Z the allowed mass), so a mask that is costly to build
+        is built only when the model actually proposes a forbidden token.
         """
         bias = self.grammar_bias()
         if logit_bias is not None:
@@ -197,7 +208,12 @@ class Voice:
             np.array([self.model_program]),
             bias[None, :],
         )
-        self.token = sample(logits[0], self.rng, self.temperature, self.top_p)
+        token = sample(logits[0], self.rng, self.temperature, self.top_p)
+        if veto is not None:
+            extra = veto(token)
+            if extra is not None:
+                token = sample(logits[0] + extra, self.rng, self.temperature, self.top_p)
+        self.token = token
         self.decoder.push(self.token)
         self.steps += 1
         return self.token

@@ -15,15 +15,19 @@ past ``end`` and returns the notes with onsets in ``[start, end)``.
 
 Constraints are logit biases, not post-hoc edits: pitches outside the instrument's register (and,
 with ``generator.scale_lock``, outside the key/scale) are forbidden, pitched instruments cannot
-emit drum tokens and drums only drum tokens. At every position where a pitch may come next, the
-harmony :class:`~.arbiter.Arbiter` adds its mask (chord tones on beats 1 and 3, scale tones
-elsewhere, nothing that clashes with a sounding note) and the shared
-:class:`~.harmony.HarmonicPlan` tilts the register; admitted notes pass the arbiter's clash rule
-and polyphony cap. The plan's tempo and density apply bar by bar (calm: off-beat notes thinned).
+emit drum tokens and drums only drum tokens. Every pitch the model samples is put to the harmony
+:class:`~.arbiter.Arbiter` (chord tones on beats 1 and 3, scale tones elsewhere, nothing that
+clashes with a sounding note, room under the cap); a refused pitch is sampled again from the
+logits plus the arbiter's logit mask, which draws from the same distribution as masking every
+step but builds the mask only when needed (see :meth:`~.generator.Voice.step`). The shared
+:class:`~.harmony.HarmonicPlan` leans each voice's register bar by bar; admitted notes pass the
+arbiter's clash rule and cap. The plan's tempo and density apply bar by bar (calm: off-beat notes
+thinned).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +94,7 @@ class _LVoice:
     pending: np.ndarray | None = None  # latent for the next bar
     muted: bool = False
     drum_map: bool = False  # percussion through pitched tokens (see drum_sound)
+    fixed_bias: np.ndarray | None = None  # register / drums / scale lock, before the plan's lean
 
 
 class LearnedComposer:
@@ -136,6 +141,8 @@ class LearnedComposer:
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
+        self._is_pitch = vocab.kind == vocab.KINDS.index("pitch")
+        self._token_pitch = vocab.value.astype(int)
         self._after_pitch_ok = np.isin(vocab.kind, [vocab.KINDS.index("position"), vocab.KINDS.index("duration")])
         self._drums = self.model.resolve_program(DRUM_PROGRAM) == DRUM_PROGRAM
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF
@@ -152,11 +159,13 @@ class LearnedComposer:
         self._bar = -1  # last bar the plan started
         self._frontier: float | None = None  # end of the last composed span
         self._turn = 0
+        self.vetoed = 0  #: sampled pitches the arbiter refused (sampled again from its mask)
 
     def _set_biases(self) -> None:
         pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock else None
         for v in self._voices:
-            v.voice.base_bias = instrument_bias(self.model.vocab, v.inst, pcs, self._drums)
+            v.fixed_bias = instrument_bias(self.model.vocab, v.inst, pcs, self._drums)
+            v.voice.base_bias = v.fixed_bias
 
     # -- what the rest of the service reads ------------------------------------------------------
 
@@ -366,13 +375,30 @@ class LearnedComposer:
                 self._timeline.retime(t, bar.tempo)  # the plan's own change: not a pin
             self.arbiter.set_bar(bar)
 
-    def _pitch_bias(self, v: _LVoice) -> np.ndarray | None:
-        """The arbiter's mask (with the plan's register lean) when a pitch may come next."""
-        if v.inst.role == "percussion" or not self._after_pitch_ok[v.voice.token]:
+    def _veto(self, v: _LVoice) -> Callable[[int], np.ndarray | None] | None:
+        """The arbiter's say on a sampled pitch: None (allowed) or its full mask to sample again with."""
+        if v.inst.role == "percussion":
             return None
-        beat = v.voice.decoder.beat
-        strong = abs(beat - round(beat)) < 1e-9 and round(beat) % 2 == 0
-        return self.arbiter.pitch_bias(v.index, self._time(beat), strong)
+
+        def check(token: int) -> np.ndarray | None:
+            if not self._is_pitch[token]:
+                return None
+            beat = v.voice.decoder.beat
+            t = self._time(beat)
+            strong = abs(beat - round(beat)) < 1e-9 and round(beat) % 2 == 0
+            if self.arbiter.permits(v.index, t, strong, int(self._token_pitch[token])):
+                return None
+            self.vetoed += 1
+            return self.arbiter.pitch_bias(v.index, t, strong)
+
+        return check
+
+    def _lean(self, v: _LVoice) -> None:
+        """At each of its bars, a voice takes the plan's register lean into its fixed bias."""
+        if v.inst.role == "percussion":
+            return
+        lean = self.arbiter.lean_bias(v.index, self._time(v.voice.decoder.beat))
+        v.voice.base_bias = v.fixed_bias if lean is None or v.fixed_bias is None else v.fixed_bias + lean
 
     def _decode(self, v: _LVoice, start: float, end: float, budget: int) -> list[Note]:
         voice = v.voice
@@ -384,9 +410,10 @@ class LearnedComposer:
             if self._time(voice.decoder.beat) >= end - 1e-9:
                 break
             bar_before = voice.decoder.bar
-            voice.step(v.latent, self._pitch_bias(v))
+            voice.step(v.latent, veto=self._veto(v))
             if voice.decoder.bar != bar_before:
                 v.latent = v.pending  # a new bar takes the newest latent
+                self._lean(v)
             if not voice.decoder.notes:
                 continue
             token_note = voice.decoder.notes.pop()
