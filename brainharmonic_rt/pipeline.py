@@ -69,6 +69,35 @@ class Engine:
         else:
             self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
         self._composed_until: float | None = None
+        self.mode: str = settings.music.mode
+
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        """Switch composers live (an MQTT ``set_mode``): the new one takes over the beat grid, the plan,
+        the arbiter and the instruments from the end of what is composed, so nothing stops or jumps.
+
+        The brain stays as it is: a classic brain gives the learned composer band-power latents (no
+        encoder latents) until the service is restarted with ``--mode learned``.
+        Raises ModelError (nothing changes) when the learned models cannot be opened.
+        """
+        if mode == self.mode:
+            return {}
+        old = self.composer
+        music = self.settings.music.model_copy(update={"tempo": old.tempo, "key": old.key, "scale": old.scale})
+        instruments = dict(self.composer.instruments)
+        new: Any
+        if mode == "learned":
+            from .music.learned import LearnedComposer
+
+            new = LearnedComposer(instruments, music, self.settings.generator, self.settings.harmony)
+        else:
+            from .music.classic import ClassicComposer
+
+            new = ClassicComposer(instruments, music, self.settings.harmony)
+        new.adopt(self.composer, self._composed_until)
+        self.composer, self.mode = new, mode
+        if mode == "learned" and not hasattr(self.brain, "spec"):  # a classic brain: no encoder latents
+            return {"note": "steered by band powers (no encoder latents) until restarted with --mode learned"}
+        return {}
 
     def windows(self, chunk: Chunk) -> list[Window]:
         return self.chain.push(chunk)

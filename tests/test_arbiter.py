@@ -246,3 +246,36 @@ def test_calibration_keeps_the_plan_neutral_and_sparse() -> None:
     plan.observe(_state(0, 4.0, calibrating=True))
     bar = plan.start_bar(0, 0.0, 96.0)
     assert bar.level == 0 and bar.density == pytest.approx(0.5) and bar.tempo == 96.0
+
+
+# ----------------------------------------------------------------------------- live mode switch
+
+
+def test_composers_hand_over_mid_session_on_one_grid_without_clashes() -> None:
+    from brainharmonic_rt.music.learned import LearnedComposer
+
+    music = MusicSettings(seed=2)
+    inst = resolve_instruments(REGIONS, music)
+    classic = ClassicComposer(inst, music)
+    notes: list[Note] = []
+    span = lambda i: (i * HOP, (i + 1) * HOP)  # noqa: E731
+    for i in range(40):
+        notes += classic.compose(_state(i, 2.0), *span(i))
+    learned = LearnedComposer(inst, music, GeneratorSettings())
+    learned.adopt(classic, 40 * HOP)
+    handover = len(notes)
+    for i in range(40, 100):
+        notes += learned.compose(_state(i, 2.0), *span(i))
+    assert len(notes) > handover + 20 and min(n.time for n in notes[handover:]) >= 40 * HOP - 1e-9
+    back = ClassicComposer(inst, music)
+    back.adopt(learned, 100 * HOP)
+    n_learned = len(notes)
+    for i in range(100, 140):
+        notes += back.compose(_state(i, 2.0), *span(i))
+    assert len(notes) > n_learned + 20
+    assert learned.plan is classic.plan is back.plan and learned.arbiter is back.arbiter
+    for n in notes:  # one grid through both hand-overs
+        step = classic.beat_at(n.time) * 4
+        assert abs(step - round(step)) < 1e-6, n
+    assert not [(a, b) for a, b in _pairs(notes) if (a.pitch - b.pitch) % 12 in AVOID]
+    assert _peak(notes) <= music.max_polyphony

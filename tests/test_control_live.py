@@ -263,7 +263,7 @@ async def test_commands_change_the_music_and_bad_ones_change_nothing(
             b'{"cmd": "set_tempo", "bpm": 90, "now": true}': "now",
             b'{"cmd": "mute", "instrument": "tuba"}': "instrument",
             b'{"cmd": "set_key", "key": "H"}': "key",
-            b'{"cmd": "set_mode", "mode": "learned"}': "mode",
+            b'{"cmd": "set_mode", "mode": "jazz"}': "mode",
             b"not json": "payload",
         }
         for payload, field in bad.items():
@@ -299,6 +299,20 @@ async def test_commands_change_the_music_and_bad_ones_change_nothing(
         assert health["control"]["commands_rejected"] >= len(bad) + 30
         brains = [m["index"] for m in ctl.on("telemetry/brain")]
         assert len(brains) >= 3 and brains == sorted(brains)
+
+        # mode: the learned generator takes over live (same grid, plan and instruments), and gives back
+        reply, _, acked = await ctl.ask({"cmd": "set_mode", "mode": "learned"})
+        assert reply["ok"] and reply["result"]["changed"], reply
+        engine = rig.pipe.engine
+        assert engine is not None and engine.mode == "learned" and type(engine.composer).__name__ == "LearnedComposer"
+        await until(lambda: len(rig.ons(acked + 1.0)) >= 4, 20, "music from the learned generator")
+        assert engine.composer.tempo == 60.0 and (engine.composer.key, engine.composer.scale) == ("F#", "major")
+        assert {v.voice.temperature for v in engine.composer._voices} == {0.6}  # sent earlier, in classic mode
+        reply, _, _ = await ctl.ask({"cmd": "set_temperature", "temperature": 0.9})
+        assert reply["ok"] and reply["result"]["applied_to"] == "LearnedComposer"
+        reply, _, acked = await ctl.ask({"cmd": "set_mode", "mode": "classic"})
+        assert reply["ok"] and type(engine.composer).__name__ == "ClassicComposer"
+        await until(lambda: len(rig.ons(acked + 1.0)) >= 4, 20, "music in classic mode again")
 
 
 async def test_solo_recording_and_reload(

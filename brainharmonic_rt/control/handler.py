@@ -14,7 +14,7 @@ command stops the music. Changes are heard at once, not after the composing look
 * panic: note_off for every sounding note and CC 123/64 on every channel; the music resumes
   with the next window;
 * temperature: stored here (the classic composer does not sample; the learned generator reads it);
-* mode: refused with a sentence unless the pipeline offers ``set_mode``;
+* mode: the engine switches composers live (``Engine.set_mode``: same grid, plan, arbiter);
 * recording: a session folder under ``record.dir`` opens or closes while the music plays;
 * reload: the TOML the service was started with is read again; tempo, key, scale, polyphony,
   smoothing and per-instrument program/register/mute change live, every other difference is
@@ -318,6 +318,9 @@ class PipelineHandler:
                     result = switch(mode)
                 except BrainharmonicError as exc:
                     raise CommandError("mode", f"cannot switch to '{mode}' now: {exc}") from None
+                set_temperature = getattr(getattr(engine, "composer", None), "set_temperature", None)
+                if self.temperature is not None and callable(set_temperature):
+                    set_temperature(self.temperature)  # a temperature sent in classic mode
                 self._changed()
                 return {"mode": mode, "changed": True, **(result if isinstance(result, dict) else {})}
         raise CommandError(

@@ -237,6 +237,18 @@ class ClassicComposer:
         self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
         self.plan.pin_tempo()
 
+    def adopt(self, other: object, frontier: float | None = None) -> None:
+        """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
+        arbiter, mute/solo; steps go on from the grid position where ``other`` stopped composing."""
+        self._timeline = other._timeline  # type: ignore[attr-defined]
+        self.plan = other.plan  # type: ignore[attr-defined]
+        self.arbiter = other.arbiter  # type: ignore[attr-defined]
+        self._bar_plan = None
+        for name in getattr(other, "muted", []):
+            self._voice(name).muted = True
+        self._solo = getattr(other, "solo", None)
+        self._sync_audible()
+
     def rewind(self, t: float) -> None:
         """Forget notes composed with onsets at or after ``t`` (they were cancelled downstream)."""
         self.arbiter.rewind(t)

@@ -95,6 +95,7 @@ class _LVoice:
     muted: bool = False
     drum_map: bool = False  # percussion through pitched tokens (see drum_sound)
     fixed_bias: np.ndarray | None = None  # register / drums / scale lock, before the plan's lean
+    offset: float = 0.0  # music beat of the voice's own beat 0 (a composer taking over mid-session)
 
 
 class LearnedComposer:
@@ -232,6 +233,32 @@ class LearnedComposer:
     def time_of_beat(self, beat: float) -> float:
         return self._timeline.time_of_beat(beat)
 
+    def adopt(self, other: object, frontier: float | None = None) -> None:
+        """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
+        arbiter and mute/solo; the voices start at the first bar line after what ``other`` composed."""
+        self._timeline = other._timeline  # type: ignore[attr-defined]
+        self.plan = other.plan  # type: ignore[attr-defined]
+        self.arbiter = other.arbiter  # type: ignore[attr-defined]
+        vocab = self.model.vocab
+        pitch_ids = vocab.ids_of("pitch")
+        self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
+        self._frontier = frontier
+        self._started = True
+        beat = self._timeline.beat_at(frontier) if frontier is not None else 0.0
+        first_bar = int(np.ceil(beat / BEATS_PER_BAR - 1e-9))
+        self._bar = first_bar - 1
+        for v in self._voices:
+            v.offset = float(first_bar * BEATS_PER_BAR)
+        for name in getattr(other, "muted", []):
+            self._voice(name).muted = True
+        self._solo = getattr(other, "solo", None)
+        self._sync_audible()
+
+    @property
+    def frontier(self) -> float | None:
+        """End of the last composed span (music seconds)."""
+        return self._frontier
+
     # -- live changes ------------------------------------------------------------------------------
     #
     # The generator's state only moves forward, so a change cannot re-decode notes already composed:
@@ -274,6 +301,13 @@ class LearnedComposer:
             self.plan.set_home(key, scale, pin=True)
         self._key, self._scale = key, scale
         self._set_biases()
+
+    def set_temperature(self, temperature: float) -> None:
+        """Sampling temperature of every voice from the next token on (an MQTT ``set_temperature``)."""
+        if not 0 < temperature <= 2:
+            raise ConfigError(f"Generator temperature must be in (0, 2], got {temperature}.")
+        for v in self._voices:
+            v.voice.temperature = float(temperature)
 
     def set_register(self, name: str, low: int, high: int) -> None:
         self._voice(name)
@@ -383,7 +417,7 @@ class LearnedComposer:
         def check(token: int) -> np.ndarray | None:
             if not self._is_pitch[token]:
                 return None
-            beat = v.voice.decoder.beat
+            beat = v.offset + v.voice.decoder.beat
             t = self._time(beat)
             strong = abs(beat - round(beat)) < 1e-9 and round(beat) % 2 == 0
             if self.arbiter.permits(v.index, t, strong, int(self._token_pitch[token])):
@@ -397,7 +431,7 @@ class LearnedComposer:
         """At each of its bars, a voice takes the plan's register lean into its fixed bias."""
         if v.inst.role == "percussion":
             return
-        lean = self.arbiter.lean_bias(v.index, self._time(v.voice.decoder.beat))
+        lean = self.arbiter.lean_bias(v.index, self._time(v.offset + v.voice.decoder.beat))
         v.voice.base_bias = v.fixed_bias if lean is None or v.fixed_bias is None else v.fixed_bias + lean
 
     def _decode(self, v: _LVoice, start: float, end: float, budget: int) -> list[Note]:
@@ -406,8 +440,8 @@ class LearnedComposer:
         if v.latent is None and voice.decoder.bar <= 0 and voice.steps == 0:
             v.latent = v.pending
         for _ in range(budget):
-            self._ensure_bar(voice.decoder.beat)
-            if self._time(voice.decoder.beat) >= end - 1e-9:
+            self._ensure_bar(v.offset + voice.decoder.beat)
+            if self._time(v.offset + voice.decoder.beat) >= end - 1e-9:
                 break
             bar_before = voice.decoder.bar
             voice.step(v.latent, veto=self._veto(v))
@@ -417,11 +451,12 @@ class LearnedComposer:
             if not voice.decoder.notes:
                 continue
             token_note = voice.decoder.notes.pop()
-            self._ensure_bar(token_note.onset)
-            t = self._time(token_note.onset)
+            onset = v.offset + token_note.onset
+            self._ensure_bar(onset)
+            t = self._time(onset)
             if t < start - 1e-9 or t >= end - 1e-9 or not self._audible(v):
                 continue
-            note = self._admit(v, t, token_note.onset, token_note.duration, token_note.pitch, token_note.velocity)
+            note = self._admit(v, t, onset, token_note.duration, token_note.pitch, token_note.velocity)
             if note is not None:
                 notes.append(note)
         return notes
