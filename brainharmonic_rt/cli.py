@@ -180,9 +180,17 @@ def _summary(result: Any, markers: Sequence[tuple[float, str]]) -> str:
         seg = [n for n in result.notes if t0 <= n.time < t1]
         span = min(t1, result.seconds) - t0
         if seg and span > 0:
+            bars = [b for b in getattr(result, "bars", []) if t0 <= b.start < t1]
+            plan = ""
+            if bars:
+                share = {lvl: sum(b.level == lvl for b in bars) / len(bars) for lvl in (-1, 0, 1)}
+                plan = (
+                    f", tempo {np.median([b.tempo for b in bars]):5.1f} BPM, bars calm/neutral/aroused "
+                    f"{share[-1]:.0%}/{share[0]:.0%}/{share[1]:.0%}"
+                )
             lines.append(
                 f"  [{label}] {len(seg) / span:5.2f} notes/s, mean velocity {np.mean([n.velocity for n in seg]):5.1f}, "
-                f"mean pitch {np.mean([n.pitch for n in seg]):5.1f}"
+                f"mean pitch {np.mean([n.pitch for n in seg]):5.1f}{plan}"
             )
     return "\n".join(lines)
 
