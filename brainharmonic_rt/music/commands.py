@@ -172,17 +172,31 @@ def add_eval_music_args(p: argparse.ArgumentParser) -> None:
 def eval_music(args: argparse.Namespace) -> int:
     """``brainharmonic eval music FILES...``: metrics per file and their summary."""
     rows = []
-    keys = ("pitch_class_entropy", "scale_consistency", "groove_consistency", "empty_beat_rate", "max_duration")
-    print(f"{'file':40s} {'notes':>6s} {'pc_ent':>7s} {'scale':>6s} {'groove':>7s} {'empty':>6s} {'maxdur':>7s}")
+    keys = (
+        "pitch_class_entropy",
+        "scale_consistency",
+        "groove_consistency",
+        "empty_beat_rate",
+        "max_duration",
+        "dissonant_share",
+    )
+    print(
+        f"{'file':40s} {'notes':>6s} {'pc_ent':>7s} {'scale':>7s} {'groove':>7s} {'empty':>7s} {'maxdur':>7s} "
+        f"{'dissn':>7s} {'poly':>5s} {'instr':>5s}"
+    )
     per_file = {}
     for f in args.files:
         m = evaluate_file(f)
         rows.append(m)
         d = m.as_dict()
         per_file[str(f)] = d
-        print(f"{str(f)[-40:]:40s} {m.n_notes:6d} " + " ".join(f"{d[k]:7.3f}" for k in keys))
+        print(
+            f"{str(f)[-40:]:40s} {m.n_notes:6d} "
+            + " ".join(f"{d[k]:7.3f}" for k in keys)
+            + f" {m.max_polyphony:5d} {m.instruments_active:5d}"
+        )
     summary = summarize(rows)
-    for k in (*keys, "mean_duration", "long_note_rate"):
+    for k in (*keys, "max_polyphony", "instruments_active", "mean_duration", "long_note_rate"):
         if k in summary:
             s = summary[k]
             print(f"{k:22s} mean {s['mean']:.3f}  p10 {s['p10']:.3f}  p50 {s['p50']:.3f}  p90 {s['p90']:.3f}")
