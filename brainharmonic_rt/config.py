@@ -187,8 +187,13 @@ class HarmonySettings(_Section):
     tempo_range: Annotated[float, Field(ge=0, le=0.5)] = Field(
         0.12, description="Brain-driven tempo moves this fraction around music.tempo (0.12 = ±12 %)."
     )
+    arousal: dict[str, float] = Field(
+        default_factory=lambda: {"alpha": -1.0},
+        description="Global arousal = tanh(sum of weight x band z-score, averaged over groups): by default "
+        "alpha suppression (engagement lowers alpha); e.g. {alpha = -0.75, beta = 0.25} adds beta.",
+    )
     smoothing: Annotated[float, Field(ge=0, le=60)] = Field(
-        4.0, description="Time constant (s) of the global arousal (beta - alpha) that drives the plan."
+        4.0, description="Time constant (s) of the global arousal that drives the plan."
     )
     threshold: Annotated[float, Field(gt=0, le=1)] = Field(
         0.3, description="Arousal (tanh units, -1..1) at which the plan turns calm or aroused."
@@ -207,6 +212,13 @@ class HarmonySettings(_Section):
     strong_beat_chord_tones: bool = Field(
         True, description="Pitched onsets on beats 1 and 3 use chord tones only (scale tones elsewhere)."
     )
+
+    @model_validator(mode="after")
+    def _bands_known(self) -> HarmonySettings:
+        unknown = sorted(set(self.arousal) - {"theta", "alpha", "beta"})
+        if unknown:
+            raise ValueError(f"arousal weights name unknown bands {unknown}; use theta, alpha or beta")
+        return self
 
 
 class OutputSettings(_Section):

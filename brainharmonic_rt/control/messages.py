@@ -386,7 +386,7 @@ class MusicTelemetry(Payload):
         default=None, description="The plan's brain level: -1 calm, 0 neutral, 1 aroused."
     )
     arousal: Annotated[float, Field(ge=-1, le=1)] | None = Field(
-        default=None, description="Smoothed global arousal tanh((z_beta - z_alpha) / 2) driving the plan."
+        default=None, description="Smoothed global arousal driving the plan (alpha suppression, -1..1)."
     )
     notes: dict[str, list[MidiNote]] = Field(
         default_factory=dict, description="Instrument → MIDI pitches sounding now."

@@ -30,6 +30,15 @@ from ..config import HarmonySettings, InstrumentSettings
 from .harmony import BarPlan
 
 FORBID = -1e9
+#: per voice: scale pitches, chord pitches, (weak, strong) token biases, register lean, scale / chord tables
+_Sets = tuple[
+    list[np.ndarray],
+    list[np.ndarray],
+    list[tuple[np.ndarray, np.ndarray]],
+    list[np.ndarray],
+    list[np.ndarray],
+    list[np.ndarray],
+]
 _EPS = 1e-6
 _RECENT_BARS = 4
 
@@ -94,6 +103,7 @@ class Arbiter:
         self._bad_cache: dict[int, np.ndarray] = {}
         self._value_pcs = np.zeros(0, int)
         self._mask_cache: dict[int, np.ndarray] = {}
+        self._sets_cache: dict[tuple[object, ...], _Sets] = {}
         self._all_pitches_forbidden = np.zeros(0, np.float32)
         self._serial = 0
         self.dropped = 0  #: notes refused (cap, clash, nothing allowed)
@@ -107,6 +117,24 @@ class Arbiter:
             self.bar_costs.append(self._cost)
         self._cost = 0.0
         t0 = time.perf_counter()
+        while self._bars and self._bars[-1].plan.start >= plan.start - _EPS:
+            self._bars.pop()  # a bar composed again (rewind) replaces the old decision
+        self._serial += 1
+        key = (plan.pcs, plan.chord_pcs, plan.register, tuple((i.low, i.high) for i in self._inst))
+        sets = self._sets_cache.get(key)  # chords repeat: the sets of a (scale, chord, lean, registers) once
+        if sets is None:
+            sets = self._sets(plan)
+            if len(self._sets_cache) > 256:
+                self._sets_cache.clear()
+            self._sets_cache[key] = sets
+        scale, chord, base, lean, scale_table, chord_table = sets
+        bar = _Bar(self._serial, plan, scale, chord, base, lean, scale_table, chord_table)
+        self._bars.append(bar)
+        self.version += 1
+        self._cost += time.perf_counter() - t0
+
+    def _sets(self, plan: BarPlan) -> _Sets:
+        """Per voice: scale and chord pitches in register, then the token biases and pitch tables."""
         in_scale, in_chord = np.zeros(12, bool), np.zeros(12, bool)
         in_scale[list(plan.pcs)] = True
         in_chord[list(plan.chord_pcs)] = True
@@ -123,15 +151,10 @@ class Arbiter:
                 row = np.zeros(128, bool)
                 row[pitches_ok[(pitches_ok >= 0) & (pitches_ok < 128)]] = True
                 table.append(row)
-        while self._bars and self._bars[-1].plan.start >= plan.start - _EPS:
-            self._bars.pop()  # a bar composed again (rewind) replaces the old decision
-        self._serial += 1
-        bar = _Bar(self._serial, plan, scale, chord, scale_table=tables[0], chord_table=tables[1])
+        bar = _Bar(0, plan, scale, chord, scale_table=tables[0], chord_table=tables[1])
         if self._vocab is not None:
             self._token_sets(bar)
-        self._bars.append(bar)
-        self.version += 1
-        self._cost += time.perf_counter() - t0
+        return bar.scale, bar.chord, bar.base_bias, bar.lean, bar.scale_table, bar.chord_table
 
     def _token_sets(self, bar: _Bar) -> None:
         """Fill ``bar``'s per-voice logit biases (weak beat, strong beat) before any sounding note counts."""
@@ -266,22 +289,6 @@ class Arbiter:
             return None
         return int(allowed[np.argmin(np.abs(allowed - target))])
 
-    def permits(self, voice: int, t: float, strong: bool, pitch: int) -> bool:
-        """Whether ``voice`` may start ``pitch`` at ``t`` (the allowed set, without building it)."""
-        t0 = time.perf_counter()
-        try:
-            bar = self._bar(t)
-            mask, full = self._situation(voice, t)
-            if full or (mask >> (pitch % 12)) & 1:
-                return False
-            if bar is None:
-                inst = self._inst[voice]
-                return inst.low <= pitch <= inst.high
-            table = bar.chord_table if strong and self.strong_chord else bar.scale_table
-            return bool(table[voice][pitch]) if 0 <= pitch < 128 else False
-        finally:
-            self._cost += time.perf_counter() - t0
-
     def lean_bias(self, voice: int, t: float) -> np.ndarray | None:
         """(vocab,) the plan's register lean over the pitch tokens for ``voice`` at ``t`` (None: no lean)."""
         t0 = time.perf_counter()
@@ -303,6 +310,7 @@ class Arbiter:
         self._all_pitches_forbidden = np.zeros(int(size), np.float32)
         self._all_pitches_forbidden[self._vocab[1]] = FORBID
         self._mask_cache.clear()
+        self._sets_cache.clear()
         self._bias_cache.clear()
 
     def pitch_bias(self, voice: int, t: float, strong: bool) -> np.ndarray:
@@ -314,31 +322,55 @@ class Arbiter:
         """
         t0 = time.perf_counter()
         try:
-            if self._vocab is None:
-                raise RuntimeError("pitch_bias needs set_vocab() first")
-            size, ids, values, _ = self._vocab
+            bar = self._bar(t)
+            mask, full = self._situation(voice, t)
+            return self._pitch_bias(voice, bar, strong and self.strong_chord, mask, full)
+        finally:
+            self._cost += time.perf_counter() - t0
+
+    def veto(self, voice: int, t: float, strong: bool, pitch: int) -> np.ndarray | None:
+        """None if ``voice`` may start ``pitch`` at ``t``, else the logit bias to sample again with.
+
+        One look at the sounding notes serves both answers (the learned composer asks for every pitch
+        the generator samples).
+        """
+        t0 = time.perf_counter()
+        try:
             bar = self._bar(t)
             mask, full = self._situation(voice, t)
             strong = strong and self.strong_chord
-            key = (-1 if bar is None else bar.serial, voice, strong, mask, full)
-            bias = self._bias_cache.get(key)
-            if bias is None:
-                if full:
-                    bias = self._all_pitches_forbidden
-                elif bar is not None:
-                    if not bar.base_bias:
-                        self._token_sets(bar)
-                    bias = bar.base_bias[voice][int(strong)] + self._mask_bias(mask)
-                else:  # before the first bar: register only
+            if not full and not (mask >> (pitch % 12)) & 1:
+                if bar is None:
                     inst = self._inst[voice]
-                    bias = np.zeros(size, np.float32)
-                    bias[ids] = np.where((values >= inst.low) & (values <= inst.high), 0.0, FORBID)
-                if len(self._bias_cache) > 4096:
-                    self._bias_cache.clear()
-                self._bias_cache[key] = bias
-            return bias
+                    if inst.low <= pitch <= inst.high:
+                        return None
+                elif 0 <= pitch < 128 and (bar.chord_table if strong else bar.scale_table)[voice][pitch]:
+                    return None
+            return self._pitch_bias(voice, bar, strong, mask, full)
         finally:
             self._cost += time.perf_counter() - t0
+
+    def _pitch_bias(self, voice: int, bar: _Bar | None, strong: bool, mask: int, full: bool) -> np.ndarray:
+        if self._vocab is None:
+            raise RuntimeError("pitch_bias needs set_vocab() first")
+        size, ids, values, _ = self._vocab
+        key = (-1 if bar is None else bar.serial, voice, strong, mask, full)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            if full:
+                bias = self._all_pitches_forbidden
+            elif bar is not None:
+                if not bar.base_bias:
+                    self._token_sets(bar)
+                bias = bar.base_bias[voice][int(strong)] + self._mask_bias(mask)
+            else:  # before the first bar: register only
+                inst = self._inst[voice]
+                bias = np.zeros(size, np.float32)
+                bias[ids] = np.where((values >= inst.low) & (values <= inst.high), 0.0, FORBID)
+            if len(self._bias_cache) > 4096:
+                self._bias_cache.clear()
+            self._bias_cache[key] = bias
+        return bias
 
     # -- admission -------------------------------------------------------------------------------
 

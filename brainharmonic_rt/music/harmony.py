@@ -2,7 +2,8 @@
 
 Every instrument plays over the same plan, decided bar by bar from the *global* brain state,
 so the band moves together. The plan listens to one number, the arousal
-``a = tanh(mean over groups of (z_beta - z_alpha) / 2)``, smoothed over ``harmony.smoothing``
+``a = tanh(-z_alpha)`` (alpha suppression, the classic EEG marker of engagement; alpha z-score
+averaged over groups; other weights with ``harmony.arousal``), smoothed over ``harmony.smoothing``
 seconds, and turns it into a level with a Schmitt trigger (enter at ±threshold, leave at
 ±(threshold - hysteresis), at most one change per ``min_bars`` bars), so window-to-window noise
 never flickers the music:
@@ -165,7 +166,8 @@ class HarmonicPlan:
         """Update the smoothed arousal from one window's global band z-scores."""
         self._calibrating = state.calibrating
         z = state.z_mean
-        raw = 0.0 if state.calibrating or not z else math.tanh((z.get("beta", 0.0) - z.get("alpha", 0.0)) / 2.0)
+        weights = self.settings.arousal
+        raw = 0.0 if state.calibrating or not z else math.tanh(sum(w * z.get(b, 0.0) for b, w in weights.items()))
         tau = self.settings.smoothing
         dt = None if self._last_t is None else state.t_end - self._last_t
         self._last_t = state.t_end

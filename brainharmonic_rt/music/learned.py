@@ -420,10 +420,9 @@ class LearnedComposer:
             beat = v.offset + v.voice.decoder.beat
             t = self._time(beat)
             strong = abs(beat - round(beat)) < 1e-9 and round(beat) % 2 == 0
-            if self.arbiter.permits(v.index, t, strong, int(self._token_pitch[token])):
-                return None
-            self.vetoed += 1
-            return self.arbiter.pitch_bias(v.index, t, strong)
+            bias = self.arbiter.veto(v.index, t, strong, int(self._token_pitch[token]))
+            self.vetoed += bias is not None
+            return bias
 
         return check
 
