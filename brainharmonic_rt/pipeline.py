@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,11 @@ class Engine:
             self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
         self._composed_until: float | None = None
         self.mode: str = settings.music.mode
+        # Everything built so far (models, MNE, the signal chain) lives for the whole run: take it out of the
+        # cyclic garbage collector's view, so a full collection mid-run costs microseconds instead of tens
+        # of milliseconds (measured: 35-140 ms stalls in the learned composer's bars without this).
+        gc.collect()
+        gc.freeze()
 
     def set_mode(self, mode: str) -> dict[str, Any]:
         """Switch composers live (an MQTT ``set_mode``): the new one takes over the beat grid, the plan,
