@@ -46,6 +46,9 @@ from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
 
 MAX_NOTE_BEATS = 8.0
 _KICK, _SNARE, _HAT = 36, 38, 42
+#: Notes one voice may start at one onset, by role: a piano-trained model voices chords everywhere, an
+#: ensemble wants single lines from melody and bass (the grammar bias forbids pitches beyond this).
+ROLE_CHORD = {"melody": 1, "bass": 1, "texture": 2, "harmony": 4, "percussion": 3}
 TILT = 6.0  # logits across a register per unit of the plan's register shift
 TOKENS_PER_BEAT_BUDGET = 64  # decoding budget per beat of span per voice (the corpus needs ~6)
 
@@ -151,6 +154,7 @@ class LearnedComposer:
         for i, (name, inst) in enumerate(instruments.items()):
             program = DRUM_PROGRAM if inst.role == "percussion" else inst.program
             v = Voice(self.model, program, (seed, i), gen.temperature, gen.top_p)
+            v.max_chord = ROLE_CHORD[inst.role]
             drum_map = inst.role == "percussion" and not self._drums
             rng = np.random.default_rng([seed, 7_000_003, i])
             self._voices.append(_LVoice(name, inst, v, i, rng, muted=inst.muted, drum_map=drum_map))
