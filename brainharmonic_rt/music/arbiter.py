@@ -34,8 +34,8 @@ FORBID = -1e9
 _Sets = tuple[
     list[np.ndarray],
     list[np.ndarray],
-    list[tuple[np.ndarray, np.ndarray]],
-    list[np.ndarray],
+    dict[int, tuple[np.ndarray, np.ndarray]],
+    dict[int, np.ndarray],
     list[np.ndarray],
     list[np.ndarray],
 ]
@@ -61,8 +61,9 @@ class _Bar:
     scale: list[np.ndarray]  # per voice: scale pitches in register
     chord: list[np.ndarray]  # per voice: chord tones in register (falls back to scale)
     # with a generator vocabulary (set_vocab), per voice over its pitch tokens: in scale / in chord, register lean
-    base_bias: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (weak, strong) (vocab,)
-    lean: list[np.ndarray] = field(default_factory=list)  # (vocab,) register lean only
+    # filled per voice when first needed (and shared by every bar with the same sets, see set_bar)
+    base_bias: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # (weak, strong) (vocab,)
+    lean: dict[int, np.ndarray] = field(default_factory=dict)  # (vocab,) register lean only
     scale_table: list[np.ndarray] = field(default_factory=list)  # (128,) bool per voice
     chord_table: list[np.ndarray] = field(default_factory=list)
 
@@ -151,32 +152,33 @@ class Arbiter:
                 row = np.zeros(128, bool)
                 row[pitches_ok[(pitches_ok >= 0) & (pitches_ok < 128)]] = True
                 table.append(row)
-        bar = _Bar(0, plan, scale, chord, scale_table=tables[0], chord_table=tables[1])
-        if self._vocab is not None:
-            self._token_sets(bar)
-        return bar.scale, bar.chord, bar.base_bias, bar.lean, bar.scale_table, bar.chord_table
+        return scale, chord, {}, {}, tables[0], tables[1]
 
-    def _token_sets(self, bar: _Bar) -> None:
-        """Fill ``bar``'s per-voice logit biases (weak beat, strong beat) before any sounding note counts."""
+    def _token_set(self, bar: _Bar, voice: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """``voice``'s logit biases in ``bar`` (weak beat, strong beat; no sounding note counted yet) and
+        its register lean, each (vocab,); computed once per set of chord, scale, lean and register."""
+        got = bar.base_bias.get(voice)
+        if got is not None:
+            return got, bar.lean[voice]
         assert self._vocab is not None
         size, ids, values, tilt = self._vocab
         pcs = self._value_pcs
-        for inst, sc, ch in zip(self._inst, bar.scale, bar.chord, strict=True):
-            in_reg = (values >= inst.low) & (values <= inst.high)
-            pc_scale, pc_chord = np.zeros(12, bool), np.zeros(12, bool)
-            pc_scale[sc % 12] = True
-            pc_chord[ch % 12] = True
-            mid, half = (inst.low + inst.high) / 2.0, max((inst.high - inst.low) / 2.0, 1.0)
-            lean = (tilt * bar.plan.register * (values - mid) / half).astype(np.float32)
-            full_lean = np.zeros(size, np.float32)
-            full_lean[ids] = lean
-            bar.lean.append(full_lean)
-            pair = []
-            for ok in (in_reg & pc_scale[pcs], in_reg & (pc_chord if self.strong_chord else pc_scale)[pcs]):
-                b = np.zeros(size, np.float32)
-                b[ids] = np.where(ok, lean, FORBID)
-                pair.append(b)
-            bar.base_bias.append((pair[0], pair[1]))
+        inst, sc, ch = self._inst[voice], bar.scale[voice], bar.chord[voice]
+        in_reg = (values >= inst.low) & (values <= inst.high)
+        pc_scale, pc_chord = np.zeros(12, bool), np.zeros(12, bool)
+        pc_scale[sc % 12] = True
+        pc_chord[ch % 12] = True
+        mid, half = (inst.low + inst.high) / 2.0, max((inst.high - inst.low) / 2.0, 1.0)
+        lean = (tilt * bar.plan.register * (values - mid) / half).astype(np.float32)
+        full_lean = np.zeros(size, np.float32)
+        full_lean[ids] = lean
+        pair = []
+        for ok in (in_reg & pc_scale[pcs], in_reg & (pc_chord if self.strong_chord else pc_scale)[pcs]):
+            b = np.zeros(size, np.float32)
+            b[ids] = np.where(ok, lean, FORBID)
+            pair.append(b)
+        bar.base_bias[voice], bar.lean[voice] = (pair[0], pair[1]), full_lean
+        return bar.base_bias[voice], full_lean
 
     def _mask_bias(self, mask: int) -> np.ndarray:
         """(vocab,) FORBID on the pitch tokens whose pitch class is in ``mask`` (cached per mask)."""
@@ -194,10 +196,13 @@ class Arbiter:
         self._inst[self.names.index(name)] = inst
 
     def _bar(self, t: float) -> _Bar | None:
-        for bar in reversed(self._bars):
+        bars = self._bars
+        if bars and bars[-1].plan.start <= t + _EPS:  # the usual case: the newest bar
+            return bars[-1]
+        for bar in reversed(bars):
             if bar.plan.start <= t + _EPS:
                 return bar
-        return self._bars[0] if self._bars else None
+        return bars[0] if bars else None
 
     def plan_at(self, t: float) -> BarPlan | None:
         bar = self._bar(t)
@@ -296,9 +301,7 @@ class Arbiter:
             bar = self._bar(t)
             if bar is None or self._vocab is None or not bar.plan.register:
                 return None
-            if not bar.base_bias:
-                self._token_sets(bar)
-            return bar.lean[voice]
+            return self._token_set(bar, voice)[1]
         finally:
             self._cost += time.perf_counter() - t0
 
@@ -360,9 +363,7 @@ class Arbiter:
             if full:
                 bias = self._all_pitches_forbidden
             elif bar is not None:
-                if not bar.base_bias:
-                    self._token_sets(bar)
-                bias = bar.base_bias[voice][int(strong)] + self._mask_bias(mask)
+                bias = self._token_set(bar, voice)[0][int(strong)] + self._mask_bias(mask)
             else:  # before the first bar: register only
                 inst = self._inst[voice]
                 bias = np.zeros(size, np.float32)
@@ -388,36 +389,43 @@ class Arbiter:
         self, voice: int, t: float, duration: float, pitch: int, drum: bool, min_duration: float
     ) -> float | None:
         end = t + duration
+        at, before = t + _EPS, t - _EPS
         # a retrigger of the same pitch on the same instrument ends the old note (the scheduler does so),
         # but only if the new note is admitted
-        retrigger, overlapping = [], []
+        retrigger: list[Sounding] = []
+        now: list[Sounding] = []
+        later: list[Sounding] = []
         for s in self.notes:
-            if s.voice == voice and s.pitch == pitch and s.start < t - _EPS < s.end:
+            if s.voice == voice and s.pitch == pitch and s.start < before < s.end:
                 retrigger.append(s)
-            elif s.start < end - _EPS and s.end > t + _EPS:
-                overlapping.append(s)
+            elif s.start < end - _EPS and s.end > at:
+                (now if s.start <= at else later).append(s)
         avoid = self._avoid_set
         if not drum and avoid:
-            for s in overlapping:
-                if s.drum or (pitch - s.pitch) % 12 not in avoid:
-                    continue
-                if s.start <= t + _EPS:  # already sounding: the clash rule refuses
+            for s in now:
+                if not s.drum and (pitch - s.pitch) % 12 in avoid:  # already sounding: the clash rule refuses
                     self.dropped += 1
                     return None
-                end = min(end, s.start)  # a later note: end before it
+            for s in later:
+                if not s.drum and (pitch - s.pitch) % 12 in avoid:
+                    end = min(end, s.start)  # a later note: end before it
         # the cap, with one slot held for each recently active instrument that sounds nothing now
-        now = [s for s in overlapping if s.start <= t + _EPS and s.end > t + _EPS]
-        if len(now) >= self._limit(voice, t, {s.voice for s in now}):
+        if len(now) >= self.max_polyphony or (
+            len(now) > self.max_polyphony - len(self._inst)
+            and len(now) >= self._limit(voice, t, {s.voice for s in now})
+        ):
             self.dropped += 1
             return None
         # later onsets inside the note must not push the ensemble over the cap: end before them
-        for s in sorted((s for s in overlapping if s.start > t + _EPS), key=lambda s: s.start):
-            if s.start >= end - _EPS:
-                break
-            count = sum(1 for o in overlapping if o.start <= s.start + _EPS and o.end > s.start + _EPS)
-            if count + 1 > self.max_polyphony:
-                end = s.start
-                break
+        if later and len(now) + len(later) >= self.max_polyphony:
+            overlapping = now + later
+            for s in sorted(later, key=lambda s: s.start):
+                if s.start >= end - _EPS:
+                    break
+                count = sum(1 for o in overlapping if o.start <= s.start + _EPS and o.end > s.start + _EPS)
+                if count + 1 > self.max_polyphony:
+                    end = s.start
+                    break
         if end - t < max(min_duration, _EPS):
             self.dropped += 1
             return None

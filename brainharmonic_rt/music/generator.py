@@ -75,20 +75,27 @@ class GeneratorModel:
         self,
         tokens: np.ndarray,
         state: np.ndarray,
-        latent: np.ndarray | None,
+        latent: np.ndarray | list[np.ndarray | None] | None,
         program: np.ndarray,
         logit_bias: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One decoding step for a batch of B streams.
 
-        tokens : (B,) int64; state : (n_layers, B, hidden); latent : (B, latent_dim) or None
-        (unconditioned); program : (B,) int64; logit_bias : (B, vocab) float32 or None.
+        tokens : (B,) int64; state : (n_layers, B, hidden); latent : (B, latent_dim), a list of B rows
+        (None = that stream unconditioned) or None (all unconditioned); program : (B,) int64;
+        logit_bias : (B, vocab) float32 or None.
         Returns logits (B, vocab) and the new state.
         """
         b = tokens.shape[0]
         if latent is None:
             lat = np.zeros((b, self.latent_dim), np.float32)
             has = np.zeros((b, 1), np.float32)
+        elif isinstance(latent, list):  # one row per stream, None = that stream unconditioned
+            lat = np.zeros((b, self.latent_dim), np.float32)
+            has = np.zeros((b, 1), np.float32)
+            for i, row in enumerate(latent):
+                if row is not None:
+                    lat[i], has[i] = row, 1.0
         else:
             lat = np.asarray(latent, np.float32).reshape(b, self.latent_dim)
             has = np.ones((b, 1), np.float32)
@@ -201,19 +208,43 @@ class Voice:
         bias = self.grammar_bias()
         if logit_bias is not None:
             bias = bias + logit_bias.astype(np.float32)
-        logits, self.state = self.model.step(
+        logits, state = self.model.step(
             np.array([self.token]),
             self.state,
             None if latent is None else latent[None, :],
             np.array([self.model_program]),
             bias[None, :],
         )
-        token = sample(logits[0], self.rng, self.temperature, self.top_p)
+        return self.advance(logits[0], state, veto)
+
+    def advance(
+        self, logits: np.ndarray, state: np.ndarray, veto: Callable[[int], np.ndarray | None] | None = None
+    ) -> int:
+        """Sample from this stream's ``logits`` (vocab,) of a step already run (alone or in a batch, see
+        :func:`step_voices`), take ``state`` (n_layers, 1, hidden) and feed the token back; returns it."""
+        token = sample(logits, self.rng, self.temperature, self.top_p)
         if veto is not None:
             extra = veto(token)
             if extra is not None:
-                token = sample(logits[0] + extra, self.rng, self.temperature, self.top_p)
+                token = sample(logits + extra, self.rng, self.temperature, self.top_p)
         self.token = token
+        self.state = state
         self.decoder.push(self.token)
         self.steps += 1
         return self.token
+
+
+def step_voices(voices: list[Voice], latents: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """One ONNX step for several voices of one model at once: logits (B, vocab) and state (n_layers, B, hidden).
+
+    A batch of five costs about as much as one stream alone (measured 205 vs 179 µs on this CPU), so an
+    ensemble decodes its voices together; each voice then calls :meth:`Voice.advance` with its own row.
+    """
+    model = voices[0].model
+    return model.step(
+        np.array([v.token for v in voices]),
+        np.concatenate([v.state for v in voices], axis=1),
+        list(latents),
+        np.array([v.model_program for v in voices]),
+        np.stack([v.grammar_bias() for v in voices]),
+    )

@@ -38,7 +38,7 @@ from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, Mus
 from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
 from .arbiter import Arbiter
-from .generator import FORBID, GeneratorModel, Voice
+from .generator import FORBID, GeneratorModel, Voice, step_voices
 from .harmony import HarmonicPlan
 from .scales import pitch_classes
 from .timeline import Timeline
@@ -49,6 +49,8 @@ _KICK, _SNARE, _HAT = 36, 38, 42
 #: Notes one voice may start at one onset, by role: a piano-trained model voices chords everywhere, an
 #: ensemble wants single lines from melody and bass (the grammar bias forbids pitches beyond this).
 ROLE_CHORD = {"melody": 1, "bass": 1, "texture": 2, "harmony": 4, "percussion": 3}
+#: Grid (in sixteenths) on which a role may start notes; others may use every sixteenth.
+ROLE_GRID = {"harmony": 4, "bass": 2}
 TILT = 6.0  # logits across a register per unit of the plan's register shift
 TOKENS_PER_BEAT_BUDGET = 64  # decoding budget per beat of span per voice (the corpus needs ~6)
 
@@ -68,6 +70,10 @@ def instrument_bias(
         bias[pitch if drums else drum] = FORBID
         return bias
     bias[drum] = FORBID
+    step = ROLE_GRID.get(inst.role, 1)
+    if step > 1:  # roles shape rhythm: pads change on beats, the bass moves in eighths at most
+        pos = vocab.ids_of("position")
+        bias[pos[vocab.value[pos].astype(int) % step != 0]] = FORBID
     vals = vocab.value[pitch].astype(int)
     bad = (vals < inst.low) | (vals > inst.high)
     if scale_pcs is not None:
@@ -394,8 +400,7 @@ class LearnedComposer:
         self.arbiter.forget_before(start)
         out: list[Note] = []
         budget = int(TOKENS_PER_BEAT_BUDGET * ((end - start) / (60.0 / self.tempo) + 1))
-        for v in order:
-            out.extend(self._decode(v, start, end, budget))
+        out.extend(self._decode(order, start, end, budget))
         self._frontier = end if self._frontier is None else max(self._frontier, end)
         out.sort(key=lambda n: (n.time, n.channel, n.pitch))
         return out
@@ -437,31 +442,43 @@ class LearnedComposer:
         lean = self.arbiter.lean_bias(v.index, self._time(v.offset + v.voice.decoder.beat))
         v.voice.base_bias = v.fixed_bias if lean is None or v.fixed_bias is None else v.fixed_bias + lean
 
-    def _decode(self, v: _LVoice, start: float, end: float, budget: int) -> list[Note]:
-        voice = v.voice
+    def _decode(self, order: list[_LVoice], start: float, end: float, budget: int) -> list[Note]:
+        """Decode every voice until it has moved past ``end``, all voices in one ONNX call per token step."""
         notes: list[Note] = []
-        if v.latent is None and voice.decoder.bar <= 0 and voice.steps == 0:
-            v.latent = v.pending
-        for _ in range(budget):
-            self._ensure_bar(v.offset + voice.decoder.beat)
-            if self._time(v.offset + voice.decoder.beat) >= end - 1e-9:
+        left = dict.fromkeys(range(len(self._voices)), budget)
+        live = order
+        while live:
+            batch = []
+            for v in live:
+                beat = v.offset + v.voice.decoder.beat
+                self._ensure_bar(beat)
+                if left[v.index] > 0 and self._time(beat) < end - 1e-9:
+                    if v.latent is None and v.voice.decoder.bar <= 0 and v.voice.steps == 0:
+                        v.latent = v.pending
+                    batch.append(v)
+            live = batch
+            if not batch:
                 break
-            bar_before = voice.decoder.bar
-            voice.step(v.latent, veto=self._veto(v))
-            if voice.decoder.bar != bar_before:
-                v.latent = v.pending  # a new bar takes the newest latent
-                self._lean(v)
-            if not voice.decoder.notes:
-                continue
-            token_note = voice.decoder.notes.pop()
-            onset = v.offset + token_note.onset
-            self._ensure_bar(onset)
-            t = self._time(onset)
-            if t < start - 1e-9 or t >= end - 1e-9 or not self._audible(v):
-                continue
-            note = self._admit(v, t, onset, token_note.duration, token_note.pitch, token_note.velocity)
-            if note is not None:
-                notes.append(note)
+            logits, state = step_voices([v.voice for v in batch], [v.latent for v in batch])
+            for i, v in enumerate(batch):
+                left[v.index] -= 1
+                voice = v.voice
+                bar_before = voice.decoder.bar
+                voice.advance(logits[i], state[:, i : i + 1, :], veto=self._veto(v))
+                if voice.decoder.bar != bar_before:
+                    v.latent = v.pending  # a new bar takes the newest latent
+                    self._lean(v)
+                if not voice.decoder.notes:
+                    continue
+                token_note = voice.decoder.notes.pop()
+                onset = v.offset + token_note.onset
+                self._ensure_bar(onset)
+                t = self._time(onset)
+                if t < start - 1e-9 or t >= end - 1e-9 or not self._audible(v):
+                    continue
+                note = self._admit(v, t, onset, token_note.duration, token_note.pitch, token_note.velocity)
+                if note is not None:
+                    notes.append(note)
         return notes
 
     def _admit(self, v: _LVoice, t: float, beat: float, beats: float, pitch: int, velocity: int) -> Note | None:
