@@ -49,8 +49,9 @@ _KICK, _SNARE, _HAT = 36, 38, 42
 #: Notes one voice may start at one onset, by role: a piano-trained model voices chords everywhere, an
 #: ensemble wants single lines from melody and bass (the grammar bias forbids pitches beyond this).
 ROLE_CHORD = {"melody": 1, "bass": 1, "texture": 2, "harmony": 4, "percussion": 3}
-#: Grid (in sixteenths) on which a role may start notes; others may use every sixteenth.
-ROLE_GRID = {"harmony": 4, "bass": 2}
+#: Grid (in sixteenths) on which a role may start notes (as in classic mode: pads on beats, lines and arpeggios
+#: in eighths at most); percussion may use every sixteenth.
+ROLE_GRID = {"harmony": 4, "bass": 2, "melody": 2, "texture": 2}
 TILT = 6.0  # logits across a register per unit of the plan's register shift
 TOKENS_PER_BEAT_BUDGET = 64  # decoding budget per beat of span per voice (the corpus needs ~6)
 
