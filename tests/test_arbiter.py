@@ -13,6 +13,7 @@ from brainharmonic_rt.events import BrainState, GroupState, Note
 from brainharmonic_rt.music.arbiter import FORBID, Arbiter
 from brainharmonic_rt.music.classic import ClassicComposer
 from brainharmonic_rt.music.ensemble import resolve_instruments
+from brainharmonic_rt.music.evaluate import from_notes, simultaneity
 from brainharmonic_rt.music.harmony import BarPlan, HarmonicPlan
 from brainharmonic_rt.music.scales import pitch_classes
 
@@ -36,35 +37,11 @@ def _ensemble(n_voices: int = 3, low: int = 48, high: int = 84) -> dict[str, Ins
     return {f"v{i}": InstrumentSettings(channel=i, low=low, high=high) for i in range(n_voices)}
 
 
-def _pairs(notes: list[Note]) -> list[tuple[Note, Note]]:
-    """Pairs of pitched notes that sound together (the later one starts while the earlier sounds).
-
-    A retrigger of a sounding (channel, pitch) ends the old note, as the scheduler does.
-    """
-    ordered = sorted((n for n in notes if n.channel != 9), key=lambda n: n.time)
-    end = [n.time + n.duration for n in ordered]
-    last: dict[tuple[int, int], int] = {}
-    for k, n in enumerate(ordered):
-        prev = last.get((n.channel, n.pitch))
-        if prev is not None:
-            end[prev] = min(end[prev], n.time)
-        last[(n.channel, n.pitch)] = k
-    out = []
-    for (i, a), (_, b) in itertools.combinations(enumerate(ordered), 2):
-        if b.time < end[i] - 1e-6 and not (a.channel == b.channel and a.pitch == b.pitch):
-            out.append((a, b))
-    return out
-
-
-def _peak(notes: list[Note]) -> int:
-    """Most notes sounding at once; a retrigger of a sounding (channel, pitch) ends the old note."""
-    sounding: dict[tuple[int, int], float] = {}
-    peak = 0
-    for n in sorted(notes, key=lambda n: (n.time, n.channel, n.pitch)):
-        sounding = {k: e for k, e in sounding.items() if e > n.time + 1e-6}
-        sounding[(n.channel, n.pitch)] = n.time + n.duration
-        peak = max(peak, len(sounding))
-    return peak
+def _clashes_and_peak(notes: list[Note]) -> tuple[int, int]:
+    """(strongly dissonant simultaneous pairs, most notes sounding at once), counted as `eval music` does
+    (a retrigger of a sounding channel and pitch ends the old note, as the scheduler plays it)."""
+    bad, _, peak = simultaneity(from_notes(notes, 60.0))
+    return bad, peak
 
 
 # ----------------------------------------------------------------------------- the mask
@@ -120,8 +97,8 @@ def test_learned_mask_reaches_the_real_generator(tmp_path: object) -> None:
     for i in range(120):  # 30 s
         notes += comp.compose(_state(i, 1.0 if i > 60 else 0.0), 1.0 + i * HOP, 1.0 + (i + 1) * HOP)
     assert len(notes) > 100 and len({n.instrument for n in notes}) >= 3
-    assert not [(a, b) for a, b in _pairs(notes) if (a.pitch - b.pitch) % 12 in AVOID]
-    assert _peak(notes) <= music.max_polyphony
+    clashes, peak = _clashes_and_peak(notes)
+    assert clashes == 0 and peak <= music.max_polyphony
     bars = list(comp.plan.history)
     on_strong = 0
     for n in notes:
@@ -164,9 +141,9 @@ def test_classic_ensemble_never_clashes_stays_in_scale_and_under_the_cap() -> No
         notes += comp.compose(_state(i, float(2.5 * np.sin(i / 60) + rng.normal(0, 0.5))), i * HOP, (i + 1) * HOP)
     pitched = [n for n in notes if n.channel != 9]
     assert len(pitched) > 500
-    assert not [(a, b) for a, b in _pairs(notes) if (a.pitch - b.pitch) % 12 in AVOID]
+    clashes, peak = _clashes_and_peak(notes)
+    assert clashes == 0 and peak <= 5
     assert {n.pitch % 12 for n in pitched} <= set(pitch_classes("A", "minor"))
-    assert _peak(notes) <= 5
     assert len({n.instrument for n in notes}) == 5
 
 
@@ -277,5 +254,5 @@ def test_composers_hand_over_mid_session_on_one_grid_without_clashes() -> None:
     for n in notes:  # one grid through both hand-overs
         step = classic.beat_at(n.time) * 4
         assert abs(step - round(step)) < 1e-6, n
-    assert not [(a, b) for a, b in _pairs(notes) if (a.pitch - b.pitch) % 12 in AVOID]
-    assert _peak(notes) <= music.max_polyphony
+    clashes, peak = _clashes_and_peak(notes)
+    assert clashes == 0 and peak <= music.max_polyphony

@@ -95,7 +95,6 @@ class Arbiter:
         self.audible = [True] * len(self._inst)
         self.bar_costs: collections.deque[float] = collections.deque(maxlen=100_000)
         self._cost = 0.0
-        self.version = 0  #: changes whenever the sounding notes or the bar change (for callers' caches)
         bits = [sum(1 << ((pc + ic) % 12) for ic in range(12) if self.avoid[ic]) for pc in range(12)]
         self._forbid_bits = bits  # pitch class → mask of the pitch classes it forbids
         self._allowed_cache: dict[tuple[int, int, bool, int, bool], np.ndarray] = {}
@@ -131,7 +130,6 @@ class Arbiter:
         scale, chord, base, lean, scale_table, chord_table = sets
         bar = _Bar(self._serial, plan, scale, chord, base, lean, scale_table, chord_table)
         self._bars.append(bar)
-        self.version += 1
         self._cost += time.perf_counter() - t0
 
     def _sets(self, plan: BarPlan) -> _Sets:
@@ -212,15 +210,11 @@ class Arbiter:
 
     def forget_before(self, t: float) -> None:
         """Drop notes that ended by ``t`` (nothing composed later can overlap them)."""
-        kept = [s for s in self.notes if s.end > t + _EPS]
-        if len(kept) != len(self.notes):
-            self.notes = kept
-            self.version += 1
+        self.notes = [s for s in self.notes if s.end > t + _EPS]
 
     def rewind(self, t: float) -> None:
         """Forget notes with onsets at or after ``t`` (cancelled downstream, to be composed again)."""
         self.notes = [s for s in self.notes if s.start < t - _EPS]
-        self.version += 1
 
     def _situation(self, voice: int, t: float) -> tuple[int, bool]:
         """(bit mask of pitch classes forbidden at ``t``, whether ``voice`` finds the cap full there)."""
@@ -434,6 +428,5 @@ class Arbiter:
         for r in retrigger:
             r.end = t
         self.notes.append(Sounding(t, end, int(pitch), voice, drum))
-        self.version += 1
         self._last_onset[voice] = max(self._last_onset[voice], t)
         return end - t

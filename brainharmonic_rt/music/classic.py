@@ -39,15 +39,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..config import HarmonySettings, InstrumentSettings, MusicSettings
 from ..events import BrainState, Note
-from .arbiter import Arbiter
-from .harmony import BarPlan, HarmonicPlan
+from .composer import EnsembleComposer
+from .harmony import BarPlan
 from .scales import quantize, scale_pitches
-from .timeline import Timeline
 
 BANDS = ("theta", "alpha", "beta")
 BEATS_PER_BAR = 4
@@ -103,7 +103,7 @@ class _Voice:
     features: Features = field(default_factory=lambda: features_from_z({}, False))
 
 
-class ClassicComposer:
+class ClassicComposer(EnsembleComposer[_Voice]):
     """Turns :class:`BrainState` into grid-aligned, in-scale notes, one instrument per group.
 
     Parameters
@@ -119,11 +119,10 @@ class ClassicComposer:
         music: MusicSettings,
         harmony: HarmonySettings | None = None,
     ) -> None:
+        super().__init__(instruments, music, harmony)
         self._music = music
         self._spb = music.steps_per_beat
         self._bar = BEATS_PER_BAR * self._spb
-        self.plan = HarmonicPlan(music, harmony)
-        self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
         self._bar_plan: BarPlan | None = None
         self._revise_bar = False
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF  # SeedSequence wants a non-negative entropy
@@ -138,75 +137,24 @@ class ClassicComposer:
             )
             for i, (name, inst) in enumerate(instruments.items())
         ]
-        self._key: str = music.key
-        self._scale: str = music.scale
-        # A live tempo change keeps the grid phase (see Timeline); step k is beat k / steps_per_beat.
-        self._timeline = Timeline(music.tempo)
-        self._solo: str | None = None
         self._smoothed: dict[str, dict[str, float]] = {}
         self._last_t: float | None = None
         self._turn = 0
-
-    @property
-    def dropped(self) -> int:
-        """Notes the arbiter refused so far (cap, clash)."""
-        return self.arbiter.dropped
-
-    @property
-    def grid(self) -> float:
-        """Seconds between grid steps (at the latest tempo)."""
-        return 60.0 / self._timeline.tempo / self._spb
 
     @property
     def features(self) -> dict[str, Features]:
         """The latest features per instrument (for telemetry)."""
         return {v.name: v.features for v in self._voices}
 
-    def set_muted(self, name: str, muted: bool) -> None:
-        """Mute or unmute one instrument from now on (e.g. a control command)."""
-        for v in self._voices:
-            if v.name == name:
-                v.muted = muted
-                self._sync_audible()
-                return
-        raise KeyError(name)
+    @property
+    def steps_per_beat(self) -> int:
+        return self._spb
 
     # -- live changes (control commands, multi-performer sync) ------------------------------
     #
     # Each change applies from a music time ``at`` on. Notes already composed beyond ``at`` stay
     # as they are unless the caller rewinds first (:meth:`rewind`, then compose ``[at, ...)`` again):
     # that is how the pipeline makes a command audible at once instead of after the lookahead.
-
-    @property
-    def tempo(self) -> float:
-        """Beats per minute of the latest grid segment."""
-        return self._timeline.tempo
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def scale(self) -> str:
-        return self._scale
-
-    @property
-    def steps_per_beat(self) -> int:
-        return self._spb
-
-    @property
-    def solo(self) -> str | None:
-        return self._solo
-
-    @property
-    def muted(self) -> list[str]:
-        """Instruments muted by name (a solo silences the others without muting them)."""
-        return [v.name for v in self._voices if v.muted]
-
-    @property
-    def instruments(self) -> dict[str, InstrumentSettings]:
-        """Instrument settings as they are now (programs and registers may have changed live)."""
-        return {v.name: v.inst for v in self._voices}
 
     def _pos(self, t: float) -> float:
         """Grid position (in steps, fractional) of music time ``t``."""
@@ -219,14 +167,6 @@ class ClassicComposer:
     def _grid_at(self, t: float) -> float:
         return self._timeline.seconds_per_beat(t) / self._spb
 
-    def beat_at(self, t: float) -> float:
-        """Beat position (fractional, 0 = session start unless a leader renumbered it) at music time ``t``."""
-        return self._pos(t) / self._spb
-
-    def time_of_beat(self, beat: float) -> float:
-        """Music time (s) of beat position ``beat``."""
-        return self._time_of(beat * self._spb)
-
     def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
         """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
         given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering).
@@ -237,17 +177,11 @@ class ClassicComposer:
         self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
         self.plan.pin_tempo()
 
-    def adopt(self, other: object, frontier: float | None = None) -> None:
+    def adopt(self, other: EnsembleComposer[Any], frontier: float | None = None) -> None:
         """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
         arbiter, mute/solo; steps go on from the grid position where ``other`` stopped composing."""
-        self._timeline = other._timeline  # type: ignore[attr-defined]
-        self.plan = other.plan  # type: ignore[attr-defined]
-        self.arbiter = other.arbiter  # type: ignore[attr-defined]
+        self.adopt_shared(other)
         self._bar_plan = None
-        for name in getattr(other, "muted", []):
-            self._voice(name).muted = True
-        self._solo = getattr(other, "solo", None)
-        self._sync_audible()
 
     def rewind(self, t: float) -> None:
         """Forget notes composed with onsets at or after ``t`` (they were cancelled downstream)."""
@@ -277,30 +211,9 @@ class ClassicComposer:
         self._key, self._scale = key, scale
         self._revise_bar = True  # the bar in progress is planned again from the next composed step
 
-    def _voice(self, name: str) -> _Voice:
-        for v in self._voices:
-            if v.name == name:
-                return v
-        raise KeyError(name)
-
     def set_register(self, name: str, low: int, high: int) -> None:
         """Register of one instrument; raises ConfigError (changing nothing) if it holds no note of the scale."""
         self.set_key(self._key, self._scale, registers={name: (low, high)})
-
-    def set_program(self, name: str, program: int) -> None:
-        """Record an instrument's new program (the caller sends the program change)."""
-        v = self._voice(name)
-        v.inst = v.inst.model_copy(update={"program": int(program)})
-
-    def set_solo(self, name: str | None) -> None:
-        """Only ``name`` plays from now on (None: everyone not muted plays)."""
-        if name is not None:
-            self._voice(name)
-        self._solo = name
-        self._sync_audible()
-
-    def _sync_audible(self) -> None:
-        self.arbiter.audible = [self._audible(v) for v in self._voices]
 
     def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
         """Polyphony cap and feature smoothing from now on (a config reload)."""
@@ -311,30 +224,6 @@ class ClassicComposer:
         if smoothing is not None:
             update["smoothing"] = float(smoothing)
         self._music = self._music.model_copy(update=update)
-
-    def _audible(self, v: _Voice) -> bool:
-        return not v.muted and (self._solo is None or v.name == self._solo)
-
-    def silenced(self) -> set[str]:
-        """Instruments that play nothing now (muted, or not the solo)."""
-        return {v.name for v in self._voices if not self._audible(v)}
-
-    def chord_name(self, degree: int | None = None) -> str:
-        """Symbol of the current chord (or of scale degree ``degree``), e.g. 'Dm' or 'G'."""
-        return self.plan.chord_name(degree)
-
-    @property
-    def degree(self) -> int:
-        """Scale degree (0-based) of the current chord's root."""
-        return self.plan.degree
-
-    def chord_plan(self) -> list[tuple[int, int]]:
-        """(bar, degree) of the chords decided ahead (the next bar's), for a leader to publish."""
-        return self.plan.chord_plan()
-
-    def follow_chords(self, plan: dict[int, int]) -> None:
-        """Use a leader's chord degrees for these bars (bar index → degree) when they start."""
-        self.plan.follow_chords(plan)
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets on grid steps in ``[start, end)`` (music seconds), sorted by time."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,9 @@ from ..brain.latent_map import DEFAULT_MAP, LatentMap, Space, bandpower_features
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
-from .arbiter import Arbiter
+from .composer import EnsembleComposer
 from .generator import FORBID, GeneratorModel, Voice, step_voices
-from .harmony import HarmonicPlan
 from .scales import pitch_classes
-from .timeline import Timeline
 from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
 
 MAX_NOTE_BEATS = 8.0
@@ -106,9 +105,10 @@ class _LVoice:
     drum_map: bool = False  # percussion through pitched tokens (see drum_sound)
     fixed_bias: np.ndarray | None = None  # register / drums / scale lock, before the plan's lean
     offset: float = 0.0  # music beat of the voice's own beat 0 (a composer taking over mid-session)
+    veto: Callable[[int], np.ndarray | None] | None = None  # the arbiter's check of a sampled pitch
 
 
-class LearnedComposer:
+class LearnedComposer(EnsembleComposer[_LVoice]):
     """Brain states → notes from the generator, one voice per instrument (same contract as ClassicComposer).
 
     Parameters
@@ -130,6 +130,7 @@ class LearnedComposer:
         model: GeneratorModel | None = None,
         latent_map: LatentMap | None = None,
     ) -> None:
+        super().__init__(instruments, music, harmony)
         gen = generator or GeneratorSettings()
         self._music = music
         self._gen = gen
@@ -144,17 +145,11 @@ class LearnedComposer:
                 f"{self.model.latent_dim}; fit the map again for this generator."
             )
         self._band_map: LatentMap | None = None
-        self._key: str = music.key
-        self._scale: str = music.scale
-        self.plan = HarmonicPlan(music, harmony)
-        self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
-        self._timeline = Timeline(music.tempo)
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
         self._is_pitch = vocab.kind == vocab.KINDS.index("pitch")
         self._token_pitch = vocab.value.astype(int)
-        self._after_pitch_ok = np.isin(vocab.kind, [vocab.KINDS.index("position"), vocab.KINDS.index("duration")])
         self._drums = self.model.resolve_program(DRUM_PROGRAM) == DRUM_PROGRAM
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF
         self._voices: list[_LVoice] = []
@@ -165,8 +160,9 @@ class LearnedComposer:
             drum_map = inst.role == "percussion" and not self._drums
             rng = np.random.default_rng([seed, 7_000_003, i])
             self._voices.append(_LVoice(name, inst, v, i, rng, muted=inst.muted, drum_map=drum_map))
+        for lv in self._voices:
+            lv.veto = self._veto(lv)  # once: the check reads the voice's state when called
         self._set_biases()
-        self._solo: str | None = None
         self._started = False
         self._bar = -1  # last bar the plan started
         self._frontier: float | None = None  # end of the last composed span
@@ -182,74 +178,18 @@ class LearnedComposer:
     # -- what the rest of the service reads ------------------------------------------------------
 
     @property
-    def dropped(self) -> int:
-        """Notes the arbiter refused so far (cap, clash)."""
-        return self.arbiter.dropped
-
-    @property
-    def tempo(self) -> float:
-        return self._timeline.tempo
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def scale(self) -> str:
-        return self._scale
-
-    @property
     def steps_per_beat(self) -> int:
         return self.model.vocab.positions_per_beat
-
-    @property
-    def grid(self) -> float:
-        """Seconds between grid steps (sixteenths)."""
-        return 60.0 / self.tempo / self.steps_per_beat
-
-    @property
-    def instruments(self) -> dict[str, InstrumentSettings]:
-        return {v.name: v.inst for v in self._voices}
-
-    @property
-    def muted(self) -> list[str]:
-        return [v.name for v in self._voices if v.muted]
-
-    @property
-    def solo(self) -> str | None:
-        return self._solo
 
     @property
     def latents(self) -> dict[str, np.ndarray | None]:
         """The music latent each voice is playing now (telemetry)."""
         return {v.name: v.latent for v in self._voices}
 
-    @property
-    def degree(self) -> int:
-        return self.plan.degree
-
-    def chord_name(self, degree: int | None = None) -> str:
-        return self.plan.chord_name(degree)
-
-    def chord_plan(self) -> list[tuple[int, int]]:
-        return self.plan.chord_plan()
-
-    def follow_chords(self, plan: dict[int, int]) -> None:
-        self.plan.follow_chords(plan)
-
-    def beat_at(self, t: float) -> float:
-        """Beat position at music time ``t`` (0 = the first composed span)."""
-        return self._timeline.beat_at(t)
-
-    def time_of_beat(self, beat: float) -> float:
-        return self._timeline.time_of_beat(beat)
-
-    def adopt(self, other: object, frontier: float | None = None) -> None:
+    def adopt(self, other: EnsembleComposer[Any], frontier: float | None = None) -> None:
         """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
         arbiter and mute/solo; the voices start at the first bar line after what ``other`` composed."""
-        self._timeline = other._timeline  # type: ignore[attr-defined]
-        self.plan = other.plan  # type: ignore[attr-defined]
-        self.arbiter = other.arbiter  # type: ignore[attr-defined]
+        self.adopt_shared(other)
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -260,15 +200,6 @@ class LearnedComposer:
         self._bar = first_bar - 1
         for v in self._voices:
             v.offset = float(first_bar * BEATS_PER_BAR)
-        for name in getattr(other, "muted", []):
-            self._voice(name).muted = True
-        self._solo = getattr(other, "solo", None)
-        self._sync_audible()
-
-    @property
-    def frontier(self) -> float | None:
-        """End of the last composed span (music seconds)."""
-        return self._frontier
 
     # -- live changes ------------------------------------------------------------------------------
     #
@@ -324,40 +255,10 @@ class LearnedComposer:
         self._voice(name)
         self.set_key(self._key, self._scale, registers={name: (low, high)})
 
-    def set_program(self, name: str, program: int) -> None:
-        """Record an instrument's new program (the caller sends the program change; conditioning stays)."""
-        v = self._voice(name)
-        v.inst = v.inst.model_copy(update={"program": int(program)})
-
-    def set_muted(self, name: str, muted: bool) -> None:
-        self._voice(name).muted = muted
-        self._sync_audible()
-
-    def set_solo(self, name: str | None) -> None:
-        if name is not None:
-            self._voice(name)
-        self._solo = name
-        self._sync_audible()
-
-    def silenced(self) -> set[str]:
-        return {v.name for v in self._voices if not self._audible(v)}
-
     def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
         if max_polyphony is not None:
             self.arbiter.max_polyphony = int(max_polyphony)
             self._music = self._music.model_copy(update={"max_polyphony": int(max_polyphony)})
-
-    def _voice(self, name: str) -> _LVoice:
-        for v in self._voices:
-            if v.name == name:
-                return v
-        raise KeyError(name)
-
-    def _audible(self, v: _LVoice) -> bool:
-        return not v.muted and (self._solo is None or v.name == self._solo)
-
-    def _sync_audible(self) -> None:
-        self.arbiter.audible = [self._audible(v) for v in self._voices]
 
     # -- brain side ------------------------------------------------------------------------------
 
@@ -465,7 +366,7 @@ class LearnedComposer:
                 left[v.index] -= 1
                 voice = v.voice
                 bar_before = voice.decoder.bar
-                voice.advance(logits[i], state[:, i : i + 1, :], veto=self._veto(v))
+                voice.advance(logits[i], state[:, i : i + 1, :], veto=v.veto)
                 if voice.decoder.bar != bar_before:
                     v.latent = v.pending  # a new bar takes the newest latent
                     self._lean(v)

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import mido
 
 from ..errors import SinkError
-from ..sinks.rtmidi_port import _candidate_apis, _match, _no_midi_system, _open_client, _quiet_stderr
+from ..sinks.rtmidi_port import connect
 
 PPQN = 24  #: MIDI clock ticks per quarter note (beat)
 BEATS_PER_BAR = 4
@@ -227,48 +227,24 @@ class ClockFollower:
         """Connect to the input port; SinkError naming the available inputs if it does not exist."""
         if self._in is not None:
             raise SinkError("This MIDI clock input is already open; close it before opening it again.")
-        tried = _candidate_apis(self.api)
-        available: dict[str, list[str]] = {}
-        for api in tried:
-            try:
-                mi = _open_client(api, "in", self.client_name)
-            except SinkError:
-                if self.api != "auto":
-                    raise
-                continue
-            try:
-                names = list(mi.get_ports())
-                hits = _match(self.port, names)
-                if len(hits) > 1:
-                    raise SinkError(
-                        f"MIDI input port {self.port!r} is ambiguous; it matches "
-                        f"{', '.join(repr(names[i]) for i in hits)}. Give more of the name with --clock-in."
-                    )
-                if not hits:
-                    available[api] = names
-                    mi.delete()
-                    continue
-                mi.ignore_types(sysex=False, timing=False, active_sense=False)  # every delta counts
-                with _quiet_stderr():
-                    mi.open_port(hits[0], f"{self.client_name}-in")
-                # Not the bound method: a MidiIn whose callback refers to its owner forms a cycle the
-                # collector may free while the MIDI thread still calls it.
-                on_message = weakref.WeakMethod(self._on_message)
-                mi.set_callback(lambda event, data=None, ref=on_message: (m := ref()) is not None and m(event))
-            except BaseException:
-                if not mi.is_deleted:
-                    mi.delete()
-                raise
-            self._in, self.port_name, self.api_used = mi, names[hits[0]], api
-            return
-        if not available:
-            raise _no_midi_system(tried)
-        listing = "; ".join(
-            f"{api}: {', '.join(repr(n) for n in names) or '(none)'}" for api, names in available.items()
-        )
-        raise SinkError(
-            f"MIDI clock input port {self.port!r} does not exist (available inputs — {listing}); "
-            "pick one of those with --clock-in (`brainharmonic ports` lists them)."
+        # Not the bound method: a MidiIn whose callback refers to its owner forms a cycle the collector may
+        # free while the MIDI thread still calls it.
+        on_message = weakref.WeakMethod(self._on_message)
+
+        def configure(mi: Any) -> None:
+            mi.ignore_types(sysex=False, timing=False, active_sense=False)  # every delta counts
+            mi.set_callback(lambda event, data=None, ref=on_message: (m := ref()) is not None and m(event))
+
+        self._in, self.port_name, self.api_used = connect(
+            self.api,
+            "in",
+            self.client_name,
+            self.port,
+            port_client_name=f"{self.client_name}-in",
+            label="clock input",
+            ambiguous_hint=" with --clock-in",
+            missing_hint="pick one of those with --clock-in (`brainharmonic ports` lists them).",
+            configure=configure,
         )
 
     def _on_message(self, event: tuple[list[int], float]) -> None:

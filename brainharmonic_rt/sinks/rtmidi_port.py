@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mido
@@ -167,6 +167,69 @@ def _match(port: str, names: list[str]) -> list[int]:
     return [i for i, n in enumerate(names) if needle in n.lower()]
 
 
+def connect(
+    api: str,
+    kind: str,
+    client_name: str,
+    port: str | None,
+    *,
+    virtual: str | None = None,
+    port_client_name: str | None = None,
+    label: str,
+    ambiguous_hint: str,
+    missing_hint: str,
+    configure: Callable[[Any], None] | None = None,
+) -> tuple[Any, str, str]:
+    """A MidiOut (``kind="out"``) or MidiIn (``"in"``) on the first MIDI API that works, connected to ``port``
+    (exact name or unique case-insensitive substring) or, with ``port=None``, to a new virtual port ``virtual``.
+
+    Returns (client, port name, API name). ``configure`` runs on the client before its port opens. Raises
+    SinkError naming the matches of an ambiguous name (``"MIDI <label> port ... Give more of the name<hint>"``)
+    or the available ports of a missing one, and deletes every client it opened on the way (explicitly: an
+    implicitly freed JACK client can crash the process).
+    """
+    tried = _candidate_apis(api)
+    available: dict[str, list[str]] = {}
+    for name in tried:
+        try:
+            client = _open_client(name, kind, client_name)
+        except SinkError:
+            if api != "auto":
+                raise
+            continue
+        try:
+            if port is None:
+                assert virtual is not None
+                with _quiet_stderr():
+                    client.open_virtual_port(virtual)
+                return client, virtual, name
+            names = list(client.get_ports())
+            hits = _match(port, names)
+            if len(hits) > 1:
+                raise SinkError(
+                    f"MIDI {label} port {port!r} is ambiguous; it matches "
+                    f"{', '.join(repr(names[i]) for i in hits)}. Give more of the name{ambiguous_hint}."
+                )
+            if not hits:
+                available[name] = names
+                client.delete()
+                continue
+            if configure is not None:
+                configure(client)
+            with _quiet_stderr():
+                client.open_port(hits[0], port_client_name or client_name)
+            return client, names[hits[0]], name
+        except BaseException:
+            if not client.is_deleted:
+                client.delete()
+            raise
+    if not available:
+        raise _no_midi_system(tried)
+    listing = "; ".join(f"{a}: {', '.join(repr(n) for n in names) or '(none)'}" for a, names in available.items())
+    direction = "outputs" if kind == "out" else "inputs"
+    raise SinkError(f"MIDI {label} port {port!r} does not exist (available {direction} — {listing}); {missing_hint}")
+
+
 class RtMidiSink:
     """Send MIDI to a live port.
 
@@ -205,54 +268,20 @@ class RtMidiSink:
             raise SinkError("This MIDI output is already open; close it before opening it again.")
         if self.port is None and self.virtual_name is None:
             raise SinkError("No MIDI output chosen; pass --midi-port NAME or --virtual-port NAME.")
-        tried = _candidate_apis(self.api)
-        available: dict[str, list[str]] = {}
-        for api in tried:
-            try:
-                out = _open_client(api, "out", self.client_name)
-            except SinkError:
-                if self.api != "auto":
-                    raise
-                continue
-            try:
-                if self.port is None:
-                    assert self.virtual_name is not None
-                    with _quiet_stderr():
-                        out.open_virtual_port(self.virtual_name)
-                    self.port_name = self.virtual_name
-                else:
-                    names = list(out.get_ports())
-                    hits = _match(self.port, names)
-                    if len(hits) > 1:
-                        raise SinkError(
-                            f"MIDI output port {self.port!r} is ambiguous; it matches "
-                            f"{', '.join(repr(names[i]) for i in hits)}. Give more of the name."
-                        )
-                    if not hits:
-                        available[api] = names
-                        out.delete()
-                        continue
-                    with _quiet_stderr():
-                        out.open_port(hits[0], self.client_name)
-                    self.port_name = names[hits[0]]
-            except BaseException:
-                if not out.is_deleted:
-                    out.delete()
-                raise
-            self._out, self.api_used, self._closed = out, api, False
-            self._tracker.channels.update(i.channel for i in instruments.values())
-            for msg in program_changes(instruments):  # before any note
-                out.send_message(msg.bytes())
-            return
-        if not available:
-            raise _no_midi_system(tried)
-        listing = "; ".join(
-            f"{api}: {', '.join(repr(n) for n in names) or '(none)'}" for api, names in available.items()
+        out, self.port_name, self.api_used = connect(
+            self.api,
+            "out",
+            self.client_name,
+            self.port,
+            virtual=self.virtual_name,
+            label="output",
+            ambiguous_hint="",
+            missing_hint="pick one of those with --midi-port, or open a virtual port with --virtual-port NAME.",
         )
-        raise SinkError(
-            f"MIDI output port {self.port!r} does not exist (available outputs — {listing}); "
-            "pick one of those with --midi-port, or open a virtual port with --virtual-port NAME."
-        )
+        self._out, self._closed = out, False
+        self._tracker.channels.update(i.channel for i in instruments.values())
+        for msg in program_changes(instruments):  # before any note
+            out.send_message(msg.bytes())
 
     def send(self, msg: mido.Message, music_time: float) -> None:
         """Send now (the Scheduler chose the moment); ``music_time`` is ignored."""
