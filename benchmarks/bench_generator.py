@@ -6,8 +6,9 @@
   second against the rate real-time playback needs at 120 bpm (4 × the 95th percentile of the
   corpus's tokens per beat × 2 beats/s). Target >= 3×.
 * **metrics** – ``--pieces`` 16-bar piano pieces, latents drawn from the prior N(0, I) with seeds
-  0..n-1, temperature 1, top-p 0.95, no key lock; MusPy-style metrics per piece (mean and
-  10/50/90th percentiles), next to the corpus's bands (classical and jazz, whole pieces).
+  0..n-1, temperature 1, top-p 0.95, no key lock, the default groove nudge (``--groove``);
+  MusPy-style metrics per piece (mean and 10/50/90th percentiles), next to the corpus's bands
+  (classical and jazz, whole pieces).
 * **controllability** – latents ``t · u`` along the density / register / polyphony directions
   found on held-out bars (``models/generator_latent.npz``), t in -2..2, 12 seeds × 4 bars each:
   Spearman ρ between t and the measured attribute.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import header, summary
 
+from brainharmonic_rt.config import GROOVE_DEFAULT
 from brainharmonic_rt.music.commands import generate_notes
 from brainharmonic_rt.music.evaluate import evaluate, evaluate_file, from_notes, summarize
 from brainharmonic_rt.music.generator import DEFAULT_MODEL, GeneratorModel, Voice
@@ -122,6 +124,7 @@ def main() -> None:
     p.add_argument("--midi", type=Path, default=ROOT.parent / "shared" / "data" / "midi")
     p.add_argument("--pieces", type=int, default=50)
     p.add_argument("--bars", type=int, default=16)
+    p.add_argument("--groove", type=float, default=GROOVE_DEFAULT, help="groove nudge in nats (0 = off)")
     p.add_argument("--out-dir", type=Path, default=None, help="also write the generated pieces here")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -161,7 +164,7 @@ def main() -> None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     for seed in range(args.pieces):
         lat = np.random.default_rng(seed).standard_normal((args.bars, model.latent_dim)).astype(np.float32)
-        notes = generate_notes(model, lat, [0], bars=args.bars, seed=seed)
+        notes = generate_notes(model, lat, [0], bars=args.bars, seed=seed, groove=args.groove)
         rows.append(evaluate(from_notes(notes, 120.0)))
         if args.out_dir is not None:
             from brainharmonic_rt.music.commands import instruments_for
@@ -170,7 +173,8 @@ def main() -> None:
             notes_to_midi(notes, instruments_for([0]), 120.0, args.out_dir / f"piece{seed:02d}.mid")
     gen = summarize(rows)
     report["generated"] = gen
-    print(f"\n{args.pieces} generated {args.bars}-bar pieces (prior latents, T=1, top-p 0.95):")
+    report["groove_nudge"] = args.groove
+    print(f"\n{args.pieces} generated {args.bars}-bar pieces (prior latents, T=1, top-p 0.95, groove {args.groove}):")
     for k, s in gen.items():
         print(f"  {k:22s} mean {s['mean']:.3f}  p10 {s['p10']:.3f}  p50 {s['p50']:.3f}  p90 {s['p90']:.3f}")
     for style, tg in TARGETS.items():

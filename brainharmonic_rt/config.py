@@ -336,6 +336,10 @@ class EncoderSettings(_Section):
     )
 
 
+#: default groove nudge (nats), chosen on sampling seeds the benchmark does not report (models/generator.md)
+GROOVE_DEFAULT = 3.0
+
+
 class GeneratorSettings(_Section):
     """The learned note generator used in ``learned`` mode (see ``brainharmonic_rt.music.learned``)."""
 
@@ -349,6 +353,10 @@ class GeneratorSettings(_Section):
         1.0, description="Sampling temperature (0 = always the most likely token)."
     )
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling: keep this much mass.")
+    groove: Annotated[float, Field(ge=0, le=20)] = Field(
+        GROOVE_DEFAULT,
+        description="Nudge (nats) towards onsets on the previous bar's positions, so rhythms repeat (0 = off).",
+    )
     scale_lock: bool = Field(True, description="Forbid pitches outside music.key / music.scale.")
     threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.")
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="auto = CUDA when present, else CPU.")

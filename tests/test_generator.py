@@ -115,6 +115,58 @@ def test_logit_mask_forbids_tokens(trained: Path) -> None:
     assert onsets == sorted(onsets)  # grammar bias: positions only move forward inside a bar
 
 
+def test_groove_nudges_the_previous_bars_positions(trained: Path) -> None:
+    m = GeneratorModel(trained)
+    vocab = m.vocab
+    v = Voice(m, 0, 0, groove=2.0)
+    assert v.grammar_bias()[vocab.index["Position_4"]] == 0.0  # no previous bar yet: no nudge
+    for tok in ("Position_4", "Pitch_60", "Velocity_63", "Duration_1.0.4", "Position_12", "Bar_None"):
+        v.decoder.push(vocab.index[tok])
+    assert v.decoder.prev_onsets == (1 << 4) | (1 << 12) and v.decoder.onsets == 0
+    bias = v.grammar_bias()
+    assert bias[vocab.index["Position_4"]] == pytest.approx(1.0)
+    assert bias[vocab.index["Position_12"]] == pytest.approx(1.0)
+    assert bias[vocab.index["Position_8"]] == pytest.approx(-1.0)
+    assert bias[vocab.index["Pitch_60"]] == 0.0 and bias[vocab.bar] == 0.0
+    v.decoder.push(vocab.index["Position_8"])
+    assert v.grammar_bias()[vocab.index["Position_4"]] == FORBID  # passed positions stay forbidden
+    off = Voice(m, 0, 0)
+    for tok in ("Position_4", "Pitch_60", "Velocity_63", "Duration_1.0.4", "Bar_None"):
+        off.decoder.push(vocab.index[tok])
+    assert not off.grammar_bias()[off._positions].any()
+    with pytest.raises(ConfigError, match="groove"):
+        Voice(m, 0, 0, groove=-1.0)
+
+
+def test_style_knn_and_handmade_features() -> None:
+    from brainharmonic_rt.training.generator_eval import handmade_features, knn_grouped_accuracy
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    groups = np.repeat(np.arange(40), 10)  # 20 files per class
+    x = rng.standard_normal((400, 6)) + 3.0 * y[:, None]
+    acc, bal = knn_grouped_accuracy(x, y, groups)
+    assert acc > 0.95 and bal > 0.95
+    acc, _ = knn_grouped_accuracy(rng.standard_normal((400, 6)), y, groups)
+    assert 0.3 < acc < 0.7  # no signal, no accuracy
+    # only queried rows are scored: the noisy half as queries, the clean half as neighbours only
+    noisy = np.arange(400) % 10 < 5
+    x2 = np.where(noisy[:, None], rng.standard_normal((400, 6)), x)
+    acc_all, _ = knn_grouped_accuracy(x2, y, groups)
+    acc_noisy, _ = knn_grouped_accuracy(x2, y, groups, query=noisy)
+    assert acc_noisy < acc_all
+    # a C-major arpeggio on the beats of 4 bars: (bar, position, pitch, velocity, duration)
+    notes = np.array(
+        [(b, p, pitch, 64, 1.0) for b in range(4) for p, pitch in zip((0, 4, 8), (60, 64, 67), strict=True)]
+    )
+    f = handmade_features(notes.astype(float))
+    assert f.shape == (26,) and np.isfinite(f).all()
+    assert f[:12].tolist() == pytest.approx([1 / 3] * 3 + [0.0] * 9)  # pitch-class profile, sorted
+    assert f[12] == pytest.approx(np.log2(3))  # pitch-class entropy
+    assert f[13] == 3.0 and f[17] == 1.0 and f[18] == 1.0  # notes per bar, notes per onset, duration
+    assert f[21] == 1.0 and f[22] == 0.0 and f[23] == 0.0  # all onsets on the beat
+
+
 def test_sample_top_p_and_temperature() -> None:
     rng = np.random.default_rng(0)
     logits = np.array([5.0, 4.0, -2.0, -3.0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..brain.latent_map import DEFAULT_MAP, LatentMap
-from ..config import InstrumentSettings
+from ..config import GROOVE_DEFAULT, InstrumentSettings
 from ..errors import ConfigError, DataError
 from ..events import Note
 from .evaluate import evaluate, evaluate_file, from_notes, summarize
@@ -65,13 +65,14 @@ def generate_notes(
     seed: int = 0,
     temperature: float = 1.0,
     top_p: float = 0.95,
+    groove: float = GROOVE_DEFAULT,
 ) -> list[Note]:
     """Decode ``bars`` bars per program (one voice each). latents: (bars, latent_dim) or None."""
     spb = 60.0 / tempo
     total = bars * BEATS_PER_BAR
     notes: list[Note] = []
     for i, prog in enumerate(programs):
-        v = Voice(model, prog, (seed & 0xFFFF_FFFF, i), temperature, top_p)
+        v = Voice(model, prog, (seed & 0xFFFF_FFFF, i), temperature, top_p, groove=groove)
         channel = 9 if prog == DRUM_PROGRAM else [c for c in range(16) if c != 9][i % 15]
         for _ in range(total * 64):
             bar = max(v.decoder.bar, 0)
@@ -115,6 +116,12 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed => same notes)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument(
+        "--groove",
+        type=float,
+        default=GROOVE_DEFAULT,
+        help=f"nudge (nats) towards the previous bar's onset positions; 0 = off (default {GROOVE_DEFAULT})",
+    )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--latent-map", type=Path, default=None, help="brain → music map for --from-latents embed files")
 
@@ -153,6 +160,7 @@ def generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         temperature=args.temperature,
         top_p=args.top_p,
+        groove=args.groove,
     )
     path = notes_to_midi(notes, instruments_for(programs), args.tempo, args.out)
     m = evaluate(from_notes(notes, args.tempo))

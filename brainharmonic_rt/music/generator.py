@@ -149,10 +149,15 @@ class Voice:
     base_bias: np.ndarray | None = None  #: (vocab,) fixed bias (register, scale, drums) added every step
     max_bar_tokens: int = 160  #: a bar longer than this is closed (guards against a stuck stream)
     max_chord: int = 8  #: notes per onset; then pitches are forbidden until the position moves
+    #: nats between a position the previous bar had an onset on and one it had not (0 = off): the
+    #: GRU forgets a rhythm within a bar or two, so a small nudge lets grooves repeat as real music does
+    groove: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.program <= 128:
             raise ConfigError(f"Generator program must be 0..128 (128 = drums), got {self.program}.")
+        if not 0 <= self.groove <= 20:
+            raise ConfigError(f"Generator groove must be in 0..20 nats, got {self.groove}.")
         if not (self.temperature >= 0 and 0 < self.top_p <= 1):
             raise ConfigError(
                 f"Generator temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}."
@@ -168,17 +173,21 @@ class Voice:
         v = self.model.vocab
         self._positions = v.ids_of("position")
         self._position_values = v.value[self._positions]
+        self._position_bits = np.left_shift(1, self._position_values.astype(np.int64))
         self._special = v.ids_of("special")
         self._pitches = v.pitch_ids()
 
     def grammar_bias(self) -> np.ndarray:
         """Bias (vocab,) that keeps the stream well formed: positions move forward inside a bar, no
         special tokens, at most :attr:`max_chord` notes per onset, a bar that runs too long is closed;
-        plus :attr:`base_bias`."""
+        plus :attr:`base_bias` and the :attr:`groove` nudge towards the previous bar's onsets."""
         v = self.model.vocab
         bias = np.zeros(len(v), np.float32) if self.base_bias is None else self.base_bias.astype(np.float32)
         bias[self._special] = FORBID
         d = self.decoder
+        if self.groove > 0 and d.prev_onsets:
+            repeat = (self._position_bits & d.prev_onsets) != 0
+            bias[self._positions] += np.where(repeat, 0.5 * self.groove, -0.5 * self.groove).astype(np.float32)
         if d.seen_position >= 0:
             bias[self._positions[self._position_values <= d.seen_position]] = FORBID
         if d.notes_here >= self.max_chord:

@@ -155,7 +155,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         self._voices: list[_LVoice] = []
         for i, (name, inst) in enumerate(instruments.items()):
             program = DRUM_PROGRAM if inst.role == "percussion" else inst.program
-            v = Voice(self.model, program, (seed, i), gen.temperature, gen.top_p)
+            v = Voice(self.model, program, (seed, i), gen.temperature, gen.top_p, groove=gen.groove)
             v.max_chord = ROLE_CHORD[inst.role]
             drum_map = inst.role == "percussion" and not self._drums
             rng = np.random.default_rng([seed, 7_000_003, i])

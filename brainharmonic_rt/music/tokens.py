@@ -193,6 +193,8 @@ class NoteDecoder:
     seen_position: int = -1  #: last Position token of this bar (-1 = none yet)
     bar_tokens: int = 0  #: tokens since the last Bar
     notes_here: int = 0  #: notes completed at the current position
+    onsets: int = 0  #: positions of this bar that had a Position token, as bits (1 << position)
+    prev_onsets: int = 0  #: the same for the previous bar (what a groove bias repeats)
     _pitch: int | None = None
     _velocity: int | None = None
     notes: list[TokenNote] = field(default_factory=list)
@@ -211,11 +213,13 @@ class NoteDecoder:
             self.bar += 1
             self.position = 0
             self.seen_position = -1
+            self.prev_onsets, self.onsets = self.onsets, 0
             self.bar_tokens = 0
             self.notes_here = 0
             self._pitch = self._velocity = None
         elif kind == "position":
             self.position = self.seen_position = int(val)
+            self.onsets |= 1 << self.position
             self.notes_here = 0
             self._pitch = self._velocity = None
         elif kind in ("pitch", "drum"):
