@@ -6,7 +6,7 @@
   second against the rate real-time playback needs at 120 bpm (4 × the 95th percentile of the
   corpus's tokens per beat × 2 beats/s). Target >= 3×.
 * **metrics** – ``--pieces`` 16-bar piano pieces, latents drawn from the prior N(0, I) with seeds
-  0..n-1, temperature 1, top-p 0.95, no key lock, the default groove nudge (``--groove``);
+  0..n-1, temperature 1, top-p 0.95, no key lock, ``generate``'s groove nudge (``--groove``);
   MusPy-style metrics per piece (mean and 10/50/90th percentiles), next to the corpus's bands
   (classical and jazz, whole pieces).
 * **controllability** – latents ``t · u`` along the density / register / polyphony directions
@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import header, summary
 
-from brainharmonic_rt.config import GROOVE_DEFAULT
-from brainharmonic_rt.music.commands import generate_notes
+from brainharmonic_rt.music.commands import GENERATE_GROOVE, generate_notes
 from brainharmonic_rt.music.evaluate import evaluate, evaluate_file, from_notes, summarize
 from brainharmonic_rt.music.generator import DEFAULT_MODEL, GeneratorModel, Voice
 from brainharmonic_rt.music.tokens import DRUM_PROGRAM
@@ -124,7 +123,7 @@ def main() -> None:
     p.add_argument("--midi", type=Path, default=ROOT.parent / "shared" / "data" / "midi")
     p.add_argument("--pieces", type=int, default=50)
     p.add_argument("--bars", type=int, default=16)
-    p.add_argument("--groove", type=float, default=GROOVE_DEFAULT, help="groove nudge in nats (0 = off)")
+    p.add_argument("--groove", type=float, default=GENERATE_GROOVE, help="groove nudge in nats (0 = off)")
     p.add_argument("--out-dir", type=Path, default=None, help="also write the generated pieces here")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

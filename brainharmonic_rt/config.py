@@ -336,10 +336,6 @@ class EncoderSettings(_Section):
     )
 
 
-#: default groove nudge (nats), chosen on sampling seeds the benchmark does not report (models/generator.md)
-GROOVE_DEFAULT = 3.0
-
-
 class GeneratorSettings(_Section):
     """The learned note generator used in ``learned`` mode (see ``brainharmonic_rt.music.learned``)."""
 
@@ -354,8 +350,11 @@ class GeneratorSettings(_Section):
     )
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling: keep this much mass.")
     groove: Annotated[float, Field(ge=0, le=20)] = Field(
-        GROOVE_DEFAULT,
-        description="Nudge (nats) towards onsets on the previous bar's positions, so rhythms repeat (0 = off).",
+        1.5,
+        description=(
+            "Nudge (nats) towards onsets on the previous bar's positions, so rhythms repeat (0 = off); "
+            "more holds the groove but lets the brain move the rhythm less."
+        ),
     )
     scale_lock: bool = Field(True, description="Forbid pitches outside music.key / music.scale.")
     threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.")

@@ -15,7 +15,9 @@ from brainharmonic_rt.config import Settings
 def _default(field: Any) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
-        return "{}" if value == {} else "(see below)"
+        if isinstance(value, BaseModel):
+            return "(see below)"
+        return f"`{value}`"
     value = field.default
     if value is None:
         return "unset"

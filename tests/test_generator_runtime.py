@@ -70,7 +70,7 @@ def test_learned_mode_end_to_end(eegmat_dir: Path) -> None:
 
 def test_groove_nudge_makes_rhythms_repeat() -> None:
     """The committed generator, 16-bar pieces from prior latents: more repeated rhythm with the nudge."""
-    from brainharmonic_rt.music.commands import generate_notes
+    from brainharmonic_rt.music.commands import GENERATE_GROOVE, generate_notes
     from brainharmonic_rt.music.evaluate import evaluate, from_notes
     from brainharmonic_rt.music.generator import GeneratorModel
 
@@ -90,5 +90,5 @@ def test_groove_nudge_makes_rhythms_repeat() -> None:
             )
         )
 
-    off, on = groove(0.0), groove(Settings().generator.groove)
+    off, on = groove(0.0), groove(GENERATE_GROOVE)
     assert on > off + 0.01, (off, on)

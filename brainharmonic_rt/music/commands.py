@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..brain.latent_map import DEFAULT_MAP, LatentMap
-from ..config import GROOVE_DEFAULT, InstrumentSettings
+from ..config import InstrumentSettings
 from ..errors import ConfigError, DataError
 from ..events import Note
 from .evaluate import evaluate, evaluate_file, from_notes, summarize
@@ -55,6 +55,11 @@ def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Pa
     return lat[idx]
 
 
+#: groove nudge (nats) of ``generate``: chosen on sampling seeds 1000-1029, which the benchmark does not
+#: report (models/generator.md); live learned mode uses the milder ``generator.groove`` setting
+GENERATE_GROOVE = 3.0
+
+
 def generate_notes(
     model: GeneratorModel,
     latents: np.ndarray | None,
@@ -65,7 +70,7 @@ def generate_notes(
     seed: int = 0,
     temperature: float = 1.0,
     top_p: float = 0.95,
-    groove: float = GROOVE_DEFAULT,
+    groove: float = GENERATE_GROOVE,
 ) -> list[Note]:
     """Decode ``bars`` bars per program (one voice each). latents: (bars, latent_dim) or None."""
     spb = 60.0 / tempo
@@ -119,8 +124,8 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--groove",
         type=float,
-        default=GROOVE_DEFAULT,
-        help=f"nudge (nats) towards the previous bar's onset positions; 0 = off (default {GROOVE_DEFAULT})",
+        default=GENERATE_GROOVE,
+        help=f"nudge (nats) towards the previous bar's onset positions; 0 = off (default {GENERATE_GROOVE})",
     )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--latent-map", type=Path, default=None, help="brain → music map for --from-latents embed files")
