@@ -9,6 +9,8 @@
   0..n-1, temperature 1, top-p 0.95, no key lock, ``generate``'s groove nudge (``--groove``);
   MusPy-style metrics per piece (mean and 10/50/90th percentiles), next to the corpus's bands
   (classical and jazz, whole pieces).
+* **pieces from real EEG** – the same number of 16-bar pieces, steered per bar by latents of the
+  eegmat sessions the latent map held out (``--eeg``, ``--latent-map``), as ``learned`` mode maps them.
 * **controllability** – latents ``t · u`` along the density / register / polyphony directions
   found on held-out bars (``models/generator_latent.npz``), t in -2..2, 12 seeds × 4 bars each:
   Spearman ρ between t and the measured attribute.
@@ -116,6 +118,48 @@ def controllability(model: GeneratorModel, latent_file: Path, seeds: int = 12) -
     return out
 
 
+def eeg_pieces(eeg: Path, latent_map: Path, n: int, bars: int, holdout: float = 0.33) -> list[np.ndarray]:
+    """``n`` per-bar latent sequences (bars, latent_dim) from real EEG: the sessions the latent map was not
+    fitted on (the last ``holdout`` share, as ``train latent-map`` holds them out), embedded by the
+    committed encoder, centred as a live run centres them, one latent per 2-s bar (120 bpm)."""
+    import asyncio
+
+    from brainharmonic_rt.brain.embed import embed_source
+    from brainharmonic_rt.brain.latent_map import LatentMap, SessionCentre
+    from brainharmonic_rt.brain.sessions import discover_sessions, open_session
+    from brainharmonic_rt.config import Settings
+
+    lmap = LatentMap.load(latent_map)
+    sessions = discover_sessions(eeg)
+    held = sessions[len(sessions) - max(1, round(len(sessions) * holdout)) :]
+    pieces = []
+    for s in held:
+        e = asyncio.run(embed_source(open_session(s).source, Settings()))
+        x = np.asarray(e.global_latent, np.float64)
+        if lmap.centred:
+            x = SessionCentre.apply_to(x, e.calibrating)
+        keep = ~e.calibrating & np.isfinite(x).all(axis=1)
+        y, times = lmap(x[keep]), np.asarray(e.times)[keep]
+        per_bar = max(1, round(2.0 / float(np.median(np.diff(times)))))
+        span = bars * per_bar
+        pieces += [y[a : a + span : per_bar] for a in range(0, y.shape[0] - span + 1, span // 4)]
+    pick = np.linspace(0, len(pieces) - 1, min(n, len(pieces))).round().astype(int)
+    return [pieces[i].astype(np.float32) for i in pick]
+
+
+def report_pieces(rows: list, label: str) -> dict[str, object]:
+    gen = summarize(rows)
+    print(f"\n{label}:")
+    for k, s in gen.items():
+        print(f"  {k:22s} mean {s['mean']:.3f}  p10 {s['p10']:.3f}  p50 {s['p50']:.3f}  p90 {s['p90']:.3f}")
+    out: dict[str, object] = {"metrics": gen}
+    for style, tg in TARGETS.items():
+        inside = {k: float(np.mean([lo <= r.as_dict()[k] <= hi for r in rows])) for k, (lo, hi) in tg.items()}
+        print(f"  fraction inside the {style} 10-90 % band: {inside}")
+        out[f"inside_{style}_band"] = inside
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -123,6 +167,8 @@ def main() -> None:
     p.add_argument("--midi", type=Path, default=ROOT.parent / "shared" / "data" / "midi")
     p.add_argument("--pieces", type=int, default=50)
     p.add_argument("--bars", type=int, default=16)
+    p.add_argument("--eeg", type=Path, default=ROOT.parent / "shared" / "data" / "eeg" / "eegmat")
+    p.add_argument("--latent-map", type=Path, default=DEFAULT_MODEL.with_name("latent_map.npz"))
     p.add_argument("--groove", type=float, default=GENERATE_GROOVE, help="groove nudge in nats (0 = off)")
     p.add_argument("--out-dir", type=Path, default=None, help="also write the generated pieces here")
     p.add_argument("--json", type=Path, default=None)
@@ -170,16 +216,21 @@ def main() -> None:
             from brainharmonic_rt.sinks.midifile import notes_to_midi
 
             notes_to_midi(notes, instruments_for([0]), 120.0, args.out_dir / f"piece{seed:02d}.mid")
-    gen = summarize(rows)
-    report["generated"] = gen
+    gen = report_pieces(
+        rows, f"{args.pieces} generated {args.bars}-bar pieces (prior latents, T=1, top-p 0.95, groove {args.groove})"
+    )
+    report["generated"] = gen["metrics"]
+    report.update({k: v for k, v in gen.items() if k != "metrics"})
     report["groove_nudge"] = args.groove
-    print(f"\n{args.pieces} generated {args.bars}-bar pieces (prior latents, T=1, top-p 0.95, groove {args.groove}):")
-    for k, s in gen.items():
-        print(f"  {k:22s} mean {s['mean']:.3f}  p10 {s['p10']:.3f}  p50 {s['p50']:.3f}  p90 {s['p90']:.3f}")
-    for style, tg in TARGETS.items():
-        inside = {k: float(np.mean([lo <= r.as_dict()[k] <= hi for r in rows])) for k, (lo, hi) in tg.items()}
-        print(f"  fraction inside the {style} 10-90 % band: {inside}")
-        report[f"inside_{style}_band"] = inside
+    if args.eeg.is_dir() and args.latent_map.is_file():
+        lats = eeg_pieces(args.eeg, args.latent_map, args.pieces, args.bars)
+        eeg_rows = [
+            evaluate(from_notes(generate_notes(model, z, [0], bars=args.bars, seed=i, groove=args.groove), 120.0))
+            for i, z in enumerate(lats)
+        ]
+        report["from_eeg"] = report_pieces(
+            eeg_rows, f"{len(lats)} pieces from held-out eegmat sessions through {args.latent_map.name}"
+        )
     if args.midi.is_dir():
         for style in ("classical", "jazz"):
             files = sorted((args.midi / style).glob("*"))

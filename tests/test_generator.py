@@ -245,6 +245,28 @@ def test_composer_uses_band_powers_without_encoder(trained: Path) -> None:
     assert c.music_latent(_state(None, 1.0, calibrating=True), "frontal") is None
 
 
+def test_composer_centres_each_latent_source_on_its_calibration(trained: Path) -> None:
+    from brainharmonic_rt.brain.latent_map import LatentMap
+    from brainharmonic_rt.music.learned import LearnedComposer
+
+    model = GeneratorModel(trained)
+    rng = np.random.default_rng(0)
+    lmap = LatentMap.fit(rng.normal(size=(300, 5)), rng.normal(size=(300, model.latent_dim)), centred=True)
+    c = LearnedComposer(
+        {"frontal": InstrumentSettings(program=0, channel=0, low=48, high=84)},
+        MusicSettings(),
+        model=model,
+        latent_map=lmap,
+    )
+    offset = np.full(5, 7.0, np.float32)  # this person's corner of the brain space
+    for k in range(10):
+        s = _state(offset + rng.normal(size=5).astype(np.float32) * 0.01, 0.25 * k, calibrating=True)
+        assert c.music_latent(s, "frontal") is None
+    z = c.music_latent(_state(offset, 3.0), "frontal")
+    assert z is not None and np.allclose(z, lmap(np.zeros(5)), atol=0.05)  # at the centre of the music space
+    assert not np.allclose(lmap(offset), lmap(np.zeros(5)), atol=0.05)  # uncentred it would not be
+
+
 def test_generate_and_eval_music(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from brainharmonic_rt.music.commands import add_eval_music_args, add_generate_args, eval_music, generate
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainharmonic_rt.brain.latent_map import LatentMap, Space, bandpower_features, distance_spearman
+from brainharmonic_rt.brain.latent_map import (
+    LatentMap,
+    SessionCentre,
+    Space,
+    bandpower_features,
+    distance_spearman,
+)
 from brainharmonic_rt.errors import DataError, ModelError
 from brainharmonic_rt.events import BrainState, GroupState
 
@@ -60,6 +66,53 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     loaded = LatentMap.load(m.save(tmp_path / "map.npz"))
     assert loaded.scaling == "similarity"
     assert np.allclose(loaded(brain[:5]), m(brain[:5]))
+
+
+def test_centred_flag_round_trips_and_old_files_read_as_raw(tmp_path: Path) -> None:
+    brain, music = _clouds(5)
+    m = LatentMap.fit(brain, music, centred=True)
+    assert LatentMap.load(m.save(tmp_path / "c.npz")).centred
+    raw = LatentMap.fit(brain, music)
+    raw.save(tmp_path / "r.npz")
+    d = dict(np.load(tmp_path / "r.npz"))
+    d.pop("centred")
+    np.savez(tmp_path / "old.npz", **d)  # a map saved before the flag existed
+    assert not LatentMap.load(tmp_path / "old.npz").centred
+
+
+def test_session_centre_uses_calibration_then_freezes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)) + np.array([5.0, -3.0, 0.0, 1.0])  # one person's offset
+    cal = np.zeros(300, bool)
+    cal[:40] = True
+    out = SessionCentre.apply_to(x, cal)
+    assert np.allclose(out[40:], x[40:] - x[:40].mean(0))  # the calibration mean, frozen afterwards
+    assert np.abs(out[40:].mean(0)).max() < 0.5
+    # no calibration windows: the mean of the first `warmup` windows, growing until then
+    out = SessionCentre.apply_to(x, np.zeros(300, bool), warmup=50)
+    assert np.allclose(out[0], 0.0)
+    assert np.allclose(out[49], x[49] - x[:50].mean(0))
+    assert np.allclose(out[200:], x[200:] - x[:50].mean(0))
+    c = SessionCentre()
+    c.observe(np.full(4, np.nan), True)  # NaN windows are ignored
+    c.observe(np.ones(4), True, index=7)
+    c.observe(np.ones(4) * 3, True, index=7)  # the same window again (another voice): counted once
+    assert c.n == 1 and np.allclose(c(np.ones(4)), 0.0)
+
+
+def test_centred_map_removes_a_session_offset() -> None:
+    """Two people whose latents differ by a constant land in the same music region once centred."""
+    rng = np.random.default_rng(1)
+    state = rng.normal(size=(400, 6))
+    cal = np.zeros(400, bool)
+    cal[:60] = True
+    a, b = state + 4.0, state - 4.0
+    fit = np.concatenate([SessionCentre.apply_to(s, cal)[~cal] for s in (a, b)])
+    m = LatentMap.fit(fit, rng.normal(size=(500, 8)), centred=True)
+    ya, yb = (m(SessionCentre.apply_to(s, cal)[~cal]) for s in (a, b))
+    assert np.allclose(ya, yb, atol=1e-5)
+    raw = LatentMap.fit(np.concatenate([a, b]), rng.normal(size=(500, 8)))
+    assert not np.allclose(raw(a[~cal]), raw(b[~cal]), atol=0.5)
 
 
 def test_errors(tmp_path: Path) -> None:

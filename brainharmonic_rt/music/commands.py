@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..brain.latent_map import DEFAULT_MAP, LatentMap
+from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentre
 from ..config import InstrumentSettings
 from ..errors import ConfigError, DataError
 from ..events import Note
@@ -28,7 +28,8 @@ def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Pa
     """Per-bar music latents (bars, latent_dim) from an .npz.
 
     ``latents`` (n, latent_dim) are music latents used as they are; ``global_latent`` (n, d) is the
-    output of ``brainharmonic embed`` and goes through the latent map. n rows are resampled to
+    output of ``brainharmonic embed`` and goes through the latent map (session-centred on its
+    calibration windows when the map is, which are then left out). n rows are resampled to
     ``bars`` rows (evenly spaced, NaN rows skipped).
     """
     if not path.is_file():
@@ -41,8 +42,12 @@ def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Pa
             lat = np.asarray(data["latents"], np.float32)
         elif "global_latent" in data:
             brain = np.asarray(data["global_latent"], np.float64)
-            brain = brain[np.isfinite(brain).all(axis=1)]
-            lat = LatentMap.load(latent_map or DEFAULT_MAP)(brain)
+            lmap = LatentMap.load(latent_map or DEFAULT_MAP)
+            calibrating = np.asarray(data["calibrating"], bool) if "calibrating" in data else np.zeros(len(brain), bool)
+            if lmap.centred:
+                brain = SessionCentre.apply_to(brain, calibrating)
+            brain = brain[np.isfinite(brain).all(axis=1) & ~calibrating]
+            lat = lmap(brain)
         else:
             raise DataError(f"{path} has neither 'latents' nor 'global_latent'; pass a latent .npz.")
     except (OSError, ValueError) as exc:
@@ -230,12 +235,19 @@ def add_fit_latent_map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_MAP)
     p.add_argument("--scaling", choices=("whiten", "similarity"), default="similarity")
     p.add_argument("--holdout", type=float, default=0.33, help="fraction of subjects kept for the distance check")
+    p.add_argument(
+        "--no-centre",
+        dest="centre",
+        action="store_false",
+        help="fit on raw latents instead of session-centred ones (see brain/latent_map.py)",
+    )
 
 
 def fit_latent_map(args: argparse.Namespace) -> int:
     """Embed every session with the encoder, fit the map on most subjects, check distances on the rest.
 
-    Brain vectors are the global and the group latents of every non-calibrating window.
+    Brain vectors are the global and the group latents of every non-calibrating window, each source
+    centred on its session's calibration mean unless ``--no-centre``.
     """
     import asyncio
 
@@ -256,23 +268,27 @@ def fit_latent_map(args: argparse.Namespace) -> int:
     for i, s in enumerate(sessions):
         e = asyncio.run(embed_source(open_session(s).source, settings))
         # the composer feeds group latents (one per instrument), else the global one: fit on both
-        x = np.concatenate([e.global_latent[~e.calibrating], *e.group_latents[~e.calibrating].transpose(1, 0, 2)])
+        sources = [e.global_latent, *e.group_latents.transpose(1, 0, 2)]
+        if args.centre:
+            sources = [SessionCentre.apply_to(src, e.calibrating) for src in sources]
+        x = np.concatenate([src[~e.calibrating] for src in sources])
         x = x[np.isfinite(x).all(axis=1)]
         (hold_x if i >= len(sessions) - n_hold else fit_x).append(x)
     brain = np.concatenate(fit_x)
-    lmap = LatentMap.fit(brain, music, args.scaling)
+    lmap = LatentMap.fit(brain, music, args.scaling, centred=args.centre)
     report: dict[str, float] = {
         "fit_windows": int(brain.shape[0]),
         "fit_sessions": len(fit_x),
         "holdout_sessions": len(hold_x),
+        "centred": bool(args.centre),
     }
     if hold_x:
         held = np.concatenate(hold_x)
         for scaling in ("whiten", "similarity"):
-            other = LatentMap(lmap.brain, music, scaling, lmap.clip)
+            other = LatentMap(lmap.brain, music, scaling, lmap.clip, lmap.centred)
             report[f"spearman_{scaling}"] = distance_spearman(held, other(held), max_points=600)
             report[f"spearman_{scaling}_noclip"] = distance_spearman(
-                held, LatentMap(lmap.brain, music, scaling, 1e9)(held), max_points=600
+                held, LatentMap(lmap.brain, music, scaling, 1e9, lmap.centred)(held), max_points=600
             )
         y = lmap(held)
         report["mapped_total_var"] = float(y.var(0).sum())

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..brain.latent_map import DEFAULT_MAP, LatentMap, Space, bandpower_features
+from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentre, Space, bandpower_features
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
@@ -145,6 +145,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
                 f"{self.model.latent_dim}; fit the map again for this generator."
             )
         self._band_map: LatentMap | None = None
+        self._centres: dict[str, SessionCentre] = {}  # per latent source ("" = the global latent)
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -190,6 +191,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
         arbiter and mute/solo; the voices start at the first bar line after what ``other`` composed."""
         self.adopt_shared(other)
+        if isinstance(other, LearnedComposer):
+            self._centres = other._centres
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -264,13 +267,19 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
 
     def music_latent(self, state: BrainState, name: str) -> np.ndarray | None:
         """Music latent (latent_dim,) for one instrument from a brain state, or None (calibrating)."""
-        if state.calibrating:
-            return None
         group = next((g for g in state.groups if g.name == name), None)
-        vec = group.latent if group is not None and group.latent is not None else state.latent
-        if vec is not None and self.latent_map is not None and vec.shape[-1] == self.latent_map.brain_dim:
-            if np.all(np.isfinite(vec)):
-                return self.latent_map(vec)
+        own = group is not None and group.latent is not None
+        vec = group.latent if own and group is not None else state.latent
+        lmap = self.latent_map
+        if vec is not None and lmap is not None and vec.shape[-1] == lmap.brain_dim:
+            if lmap.centred:  # each latent source (group or global) has its own session centre
+                centre = self._centres.setdefault(name if own else "", SessionCentre())
+                centre.observe(vec, state.calibrating, state.index)
+                vec = centre(vec)
+            if state.calibrating or not np.all(np.isfinite(vec)):
+                return None
+            return lmap(vec)
+        if state.calibrating:
             return None
         feats = bandpower_features(group if group is not None else state)
         return self._bands(feats.shape[0])(feats)
