@@ -565,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     q.set_defaults(func=cmd_train_generator, rest=[])
-    q = train.add_parser("latent-map", help="Fit the brain → music latent map (whitening + variance-rank alignment).")
+    q = train.add_parser(
+        "latent-map", help="Fit the brain → music latent map (session-centred, variance-rank alignment)."
+    )
     _add_lazy(q, "brainharmonic_rt.music.commands", "add_fit_latent_map_args")
     q.set_defaults(func=cmd_fit_latent_map)
 

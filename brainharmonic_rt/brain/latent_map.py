@@ -11,8 +11,8 @@ brain variance) lands on the j-th largest music axis. Two scalings:
   ranking of pairwise distances is preserved exactly, while per-axis ranges follow the brain's.
 
 The default is ``"similarity"``: on held-out eegmat subjects the encoder's latent spectrum is far
-steeper than the music latent's, so whitening keeps the distance ranking only at Spearman ≈ 0.77,
-while the similarity map keeps it at ≈ 0.98 (1.0 before clipping) with the same total variance as
+steeper than the music latent's, so whitening keeps the distance ranking only at Spearman ≈ 0.84,
+while the similarity map keeps it at ≈ 0.97 (1.0 before clipping) with the same total variance as
 the music latents (see models/generator.md).
 
 **Session centring** (``centred``): a person's latents sit in their own corner of the brain space
