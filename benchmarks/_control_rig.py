@@ -122,11 +122,9 @@ class JackTimedReader:
             return [(jack + offset, m) for _, jack, m in self._rows]
 
     def close(self) -> None:
-        # delete() explicitly: letting python-rtmidi free a JACK MidiIn implicitly can crash the process
-        # (measured: segfault within 300 open/close cycles while messages flow).
-        self._in.cancel_callback()
-        self._in.close_port()
-        self._in.delete()
+        from brainharmonic_rt.sinks.rtmidi_port import close_midi_in
+
+        close_midi_in(self._in)  # the safe order and grace period (see its docstring)
 
 
 def note_ons(msgs: list[tuple[float, list[int]]]) -> list[tuple[float, list[int]]]:

@@ -121,7 +121,9 @@ def controllability(model: GeneratorModel, latent_file: Path, seeds: int = 12) -
 def eeg_pieces(eeg: Path, latent_map: Path, n: int, bars: int, holdout: float = 0.33) -> list[np.ndarray]:
     """``n`` per-bar latent sequences (bars, latent_dim) from real EEG: the sessions the latent map was not
     fitted on (the last ``holdout`` share, as ``train latent-map`` holds them out), embedded by the
-    committed encoder, centred as a live run centres them, one latent per 2-s bar (120 bpm)."""
+    committed encoder, the global latent centred as ``generate --from-latents`` centres an embed file (live
+    mode feeds each instrument its group's latent), one latent per 2-s bar (120 bpm). Pieces start every
+    4 bars, so neighbouring pieces overlap by three quarters."""
     import asyncio
 
     from brainharmonic_rt.brain.embed import embed_source
@@ -131,6 +133,8 @@ def eeg_pieces(eeg: Path, latent_map: Path, n: int, bars: int, holdout: float = 
 
     lmap = LatentMap.load(latent_map)
     sessions = discover_sessions(eeg)
+    if len(sessions) < 2:
+        return []  # the map holds nothing out of a single session
     held = sessions[len(sessions) - max(1, round(len(sessions) * holdout)) :]
     pieces = []
     for s in held:
@@ -222,8 +226,9 @@ def main() -> None:
     report["generated"] = gen["metrics"]
     report.update({k: v for k, v in gen.items() if k != "metrics"})
     report["groove_nudge"] = args.groove
-    if args.eeg.is_dir() and args.latent_map.is_file():
-        lats = eeg_pieces(args.eeg, args.latent_map, args.pieces, args.bars)
+    use_eeg = args.eeg.is_dir() and args.latent_map.is_file()
+    lats = eeg_pieces(args.eeg, args.latent_map, args.pieces, args.bars) if use_eeg else []
+    if lats:
         eeg_rows = [
             evaluate(from_notes(generate_notes(model, z, [0], bars=args.bars, seed=i, groove=args.groove), 120.0))
             for i, z in enumerate(lats)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .brain.latent_map import SessionCentres
 from .config import InstrumentSettings, Settings
 from .errors import ConfigError, StreamLostError
 from .events import BrainState, Chunk, Note, SignalInfo, Window
@@ -61,12 +62,17 @@ class Engine:
         else:
             self.brain = ClassicBrain(info, settings.signal, settings.bands)
         self.instruments: dict[str, InstrumentSettings] = resolve_instruments(list(self.brain.groups), settings.music)
+        # Where each latent source of this session sits (brain → music map centring): fed with every
+        # state in any mode, so switching to learned mode mid-session keeps the calibration.
+        self.centres = SessionCentres()
         self.composer: Any
         if settings.music.mode == "learned":
             # The generator composes; the brain latent steers it through the brain → music latent map.
             from .music.learned import LearnedComposer
 
-            self.composer = LearnedComposer(self.instruments, settings.music, settings.generator, settings.harmony)
+            self.composer = LearnedComposer(
+                self.instruments, settings.music, settings.generator, settings.harmony, centres=self.centres
+            )
         else:
             self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
         self._composed_until: float | None = None
@@ -94,7 +100,9 @@ class Engine:
         if mode == "learned":
             from .music.learned import LearnedComposer
 
-            new = LearnedComposer(instruments, music, self.settings.generator, self.settings.harmony)
+            new = LearnedComposer(
+                instruments, music, self.settings.generator, self.settings.harmony, centres=self.centres
+            )
         else:
             from .music.classic import ClassicComposer
 
@@ -118,6 +126,7 @@ class Engine:
         windows, a lost stream) the span starts afresh instead of catching up with late notes.
         """
         state = self.brain.process(window)
+        self.centres.observe(state)
         start = window.t_end + self.settings.music.lookahead
         end = start + self.settings.signal.hop
         if self._composed_until is not None:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import rtmidi
 
+from brainharmonic_rt.sinks.rtmidi_port import close_midi_in
+
 
 class MidiReader:
     """Connects an rtmidi input to the first output port whose name contains ``needle``."""
@@ -50,16 +52,9 @@ class MidiReader:
         return pred(self.snapshot())
 
     def close(self) -> None:
-        """Stop the callback, close the port, then delete the JACK client explicitly (idempotent).
-
-        Leaving the MidiIn to be freed implicitly crashes python-rtmidi now and then (measured: a segfault
-        within 300 open/close cycles while messages flow); an explicit ``delete()`` never did.
-        """
-        if self._in.is_deleted:
-            return
-        self._in.cancel_callback()
-        self._in.close_port()
-        self._in.delete()
+        """Stop the callback, close the port, then delete the JACK client explicitly (idempotent; see
+        :func:`close_midi_in` for why the order and the grace period matter)."""
+        close_midi_in(self._in)
 
     def __enter__(self) -> MidiReader:
         return self

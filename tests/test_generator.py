@@ -115,25 +115,38 @@ def test_logit_mask_forbids_tokens(trained: Path) -> None:
     assert onsets == sorted(onsets)  # grammar bias: positions only move forward inside a bar
 
 
-def test_groove_nudges_the_previous_bars_positions(trained: Path) -> None:
+def test_groove_nudges_the_previous_bars_rhythm(trained: Path) -> None:
     m = GeneratorModel(trained)
     vocab = m.vocab
     v = Voice(m, 0, 0, groove=2.0)
-    assert v.grammar_bias()[vocab.index["Position_4"]] == 0.0  # no previous bar yet: no nudge
-    for tok in ("Position_4", "Pitch_60", "Velocity_63", "Duration_1.0.4", "Position_12", "Bar_None"):
+    logits = np.random.default_rng(0).normal(size=len(vocab))
+    assert np.array_equal(v.groove_logits(logits), logits)  # no previous bar yet: no nudge
+    note = ("Pitch_60", "Velocity_63", "Duration_1.0.4")
+    for tok in ("Position_4", *note, "Position_12", *note, "Position_14", "Bar_None"):
         v.decoder.push(vocab.index[tok])
+    # onsets are where notes started: Position_14 had none
     assert v.decoder.prev_onsets == (1 << 4) | (1 << 12) and v.decoder.onsets == 0
-    bias = v.grammar_bias()
-    assert bias[vocab.index["Position_4"]] == pytest.approx(1.0)
-    assert bias[vocab.index["Position_12"]] == pytest.approx(1.0)
-    assert bias[vocab.index["Position_8"]] == pytest.approx(-1.0)
-    assert bias[vocab.index["Pitch_60"]] == 0.0 and bias[vocab.bar] == 0.0
-    v.decoder.push(vocab.index["Position_8"])
-    assert v.grammar_bias()[vocab.index["Position_4"]] == FORBID  # passed positions stay forbidden
-    off = Voice(m, 0, 0)
-    for tok in ("Position_4", "Pitch_60", "Velocity_63", "Duration_1.0.4", "Bar_None"):
-        off.decoder.push(vocab.index[tok])
-    assert not off.grammar_bias()[off._positions].any()
+    logits[v._positions[v._position_values <= -1]] = FORBID  # nothing passed yet at the bar's start
+    out = v.groove_logits(logits)
+    d = out - logits
+    p4, p8, p12 = (vocab.index[f"Position_{k}"] for k in (4, 8, 12))
+    assert d[p4] - d[p8] == pytest.approx(2.0) and d[p12] - d[p8] == pytest.approx(2.0)
+    assert d[vocab.bar] == pytest.approx(d[p8])  # onsets of the previous bar are still ahead: Bar does not repeat it
+    pitches = vocab.pitch_ids()
+    assert np.array_equal(out[pitches], logits[pitches])  # whether a chord grows is not touched
+    rhythm = np.r_[v._positions, vocab.bar]
+    assert np.logaddexp.reduce(out[rhythm]) == pytest.approx(np.logaddexp.reduce(logits[rhythm]))  # mass kept
+    # past the previous bar's last onset, ending the bar is what repeats it
+    for tok in ("Position_12", *note):
+        v.decoder.push(vocab.index[tok])
+    logits = np.zeros(len(vocab))
+    logits[v._positions[v._position_values <= 12]] = FORBID
+    d = v.groove_logits(logits) - logits
+    assert d[vocab.bar] - d[vocab.index["Position_14"]] == pytest.approx(2.0)
+    assert v.groove_logits(logits)[p4] == FORBID  # forbidden tokens stay forbidden
+    off = Voice(m, 0, 0)  # groove 0: the model's own logits
+    off.decoder = v.decoder
+    assert np.array_equal(off.groove_logits(logits), logits)
     with pytest.raises(ConfigError, match="groove"):
         Voice(m, 0, 0, groove=-1.0)
 
@@ -155,6 +168,11 @@ def test_style_knn_and_handmade_features() -> None:
     acc_all, _ = knn_grouped_accuracy(x2, y, groups)
     acc_noisy, _ = knn_grouped_accuracy(x2, y, groups, query=noisy)
     assert acc_noisy < acc_all
+    # rows that are not queries stay in the neighbour pool: one queried file per class scores well only
+    # because the other 38 files are neighbours
+    one_file = (groups == 0) | (groups == 20)
+    acc_pool, _ = knn_grouped_accuracy(x, y, groups, query=one_file)
+    assert acc_pool > 0.95
     # a C-major arpeggio on the beats of 4 bars: (bar, position, pitch, velocity, duration)
     notes = np.array(
         [(b, p, pitch, 64, 1.0) for b in range(4) for p, pitch in zip((0, 4, 8), (60, 64, 67), strict=True)]
@@ -253,18 +271,44 @@ def test_composer_centres_each_latent_source_on_its_calibration(trained: Path) -
     rng = np.random.default_rng(0)
     lmap = LatentMap.fit(rng.normal(size=(300, 5)), rng.normal(size=(300, model.latent_dim)), centred=True)
     c = LearnedComposer(
-        {"frontal": InstrumentSettings(program=0, channel=0, low=48, high=84)},
+        {
+            "frontal": InstrumentSettings(program=0, channel=0, low=48, high=84),
+            "occipital": InstrumentSettings(program=32, channel=1, low=28, high=50, role="bass"),
+        },
         MusicSettings(),
         model=model,
         latent_map=lmap,
     )
-    offset = np.full(5, 7.0, np.float32)  # this person's corner of the brain space
-    for k in range(10):
-        s = _state(offset + rng.normal(size=5).astype(np.float32) * 0.01, 0.25 * k, calibrating=True)
-        assert c.music_latent(s, "frontal") is None
-    z = c.music_latent(_state(offset, 3.0), "frontal")
-    assert z is not None and np.allclose(z, lmap(np.zeros(5)), atol=0.05)  # at the centre of the music space
-    assert not np.allclose(lmap(offset), lmap(np.zeros(5)), atol=0.05)  # uncentred it would not be
+    # frontal has its own latent; occipital has none and falls back to the global latent
+    own, glob = np.full(5, 7.0), np.full(5, -4.0)  # this person's corners of the brain space
+
+    def state(i: int, calibrating: bool, shift: float = 0.0) -> BrainState:
+        z = {"alpha": 0.0}
+        noise = rng.normal(size=5) * 0.1
+        groups = (
+            GroupState("frontal", z, z, 4, (own + noise + shift).astype(np.float32)),
+            GroupState("occipital", z, z, 4),
+        )
+        return BrainState(i, 0.25 * i, 0.25 * i, groups, calibrating, latent=(glob - noise + shift).astype(np.float32))
+
+    seen_own, seen_glob = [], []
+    for i in range(12):
+        s = state(i, True)
+        seen_own.append(s.groups[0].latent)
+        seen_glob.append(s.latent)
+        assert c.music_latent(s, "frontal") is None and c.compose(s, 0.25 * i, 0.25 * i + 0.25) == []
+    centres = c.centres.sources
+    assert set(centres) == {"frontal", ""} and centres["frontal"].n == 12 and centres[""].n == 12
+    assert np.allclose(centres["frontal"].mean, np.mean(seen_own, axis=0))
+    assert np.allclose(centres[""].mean, np.mean(seen_glob, axis=0))
+    later = state(20, False, shift=1.0)  # one unit above the calibration in every dimension
+    for name, key in (("frontal", "frontal"), ("occipital", "")):
+        vec = later.groups[0].latent if name == "frontal" else later.latent
+        z = c.music_latent(later, name)
+        assert z is not None and np.allclose(z, lmap(vec - centres[key].mean), atol=1e-5)
+        assert np.allclose(z, lmap(np.ones(5)), atol=0.3)  # the change, not the person's corner
+    assert centres["frontal"].frozen and centres[""].frozen
+    assert not np.allclose(lmap(own), lmap(np.zeros(5)), atol=0.3)  # uncentred it would sit elsewhere
 
 
 def test_generate_and_eval_music(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,3 +92,37 @@ def test_groove_nudge_makes_rhythms_repeat() -> None:
 
     off, on = groove(0.0), groove(GENERATE_GROOVE)
     assert on > off + 0.01, (off, on)
+
+
+def test_engine_keeps_session_centres_across_mode_switches(eegmat_dir: Path) -> None:
+    """The centres are fed in every mode and handed to each new learned composer (live set_mode)."""
+    from brainharmonic_rt.config import load_settings
+    from brainharmonic_rt.events import Chunk
+    from brainharmonic_rt.pipeline import Engine
+    from brainharmonic_rt.sources.files import open_recordings
+
+    src = open_recordings([eegmat_dir / "Subject00_2.edf"], seconds=40.0)
+    engine = Engine(src.info, load_settings(None, music={"mode": "learned"}))
+    stamps = np.arange(src.data.shape[1]) / src.info.sfreq
+    calibrating = 0
+
+    def feed(t0: float, t1: float) -> None:
+        nonlocal calibrating
+        a, b = int(t0 * src.info.sfreq), int(t1 * src.info.sfreq)
+        for k in range(a, b, 64):
+            chunk = Chunk(np.ascontiguousarray(src.data[:, k : min(k + 64, b)]), stamps[k : min(k + 64, b)])
+            for w in engine.windows(chunk):
+                state, _ = engine.compose(w)
+                calibrating += state.calibrating
+
+    feed(0.0, 28.0)
+    assert engine.composer.centres is engine.centres
+    glob = engine.centres.sources[""]
+    assert calibrating > 0 and glob.n == calibrating and glob.frozen
+    mean = glob.mean.copy()
+    engine.set_mode("classic")
+    feed(28.0, 34.0)
+    engine.set_mode("learned")
+    assert engine.composer.centres is engine.centres
+    assert np.array_equal(engine.centres.sources[""].mean, mean)  # kept, not re-learnt after the switch
+    feed(34.0, 40.0)

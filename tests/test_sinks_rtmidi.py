@@ -15,7 +15,7 @@ from brainharmonic_rt.config import InstrumentSettings
 from brainharmonic_rt.errors import ConfigError, SinkError
 from brainharmonic_rt.events import Note
 from brainharmonic_rt.music.clock import Scheduler
-from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink, compiled_apis, format_ports, list_ports
+from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink, close_midi_in, compiled_apis, format_ports, list_ports
 
 from .midiutil import MidiReader, all_notes_off, note_offs, note_ons, unmatched_notes
 
@@ -56,9 +56,7 @@ def destination() -> Iterator[tuple[str, list[list[int]]]]:
     try:
         yield name, got
     finally:
-        mi.cancel_callback()
-        mi.close_port()
-        mi.delete()
+        close_midi_in(mi)
 
 
 def _wait(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -195,3 +193,49 @@ def test_bad_api_and_no_port_choice() -> None:
         RtMidiSink(api=missing).open({}, 120.0)
     with pytest.raises(SinkError, match="No MIDI output chosen; pass --midi-port NAME or --virtual-port NAME"):
         RtMidiSink(port=None, virtual_name=None).open({}, 120.0)
+
+
+_CLOSE_RACE = """
+import sys, threading, time, rtmidi
+from brainharmonic_rt.sinks.rtmidi_port import close_midi_in
+out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "bh-test-flood")
+out.open_virtual_port(sys.argv[1])
+stop = threading.Event()
+def flood():
+    while not stop.is_set():
+        out.send_message([0x90, 60, 100]); out.send_message([0x80, 60, 0]); time.sleep(0.0005)
+threading.Thread(target=flood, daemon=True).start()
+got = [0]
+def on(event, data=None):
+    got[0] += 1
+    sum(range(2000))  # a callback that holds the GIL a little, like a real one
+for _ in range(int(sys.argv[2])):
+    mi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, "bh-test-closer")
+    mi.open_port([i for i, p in enumerate(mi.get_ports()) if sys.argv[1] in p][0])
+    mi.set_callback(on)
+    t = time.monotonic() + 0.03
+    while time.monotonic() < t:  # the main thread busy in Python while messages arrive
+        sum(range(1000))
+    close_midi_in(mi)
+stop.set(); time.sleep(0.01)
+close_midi_in(None)
+out.close_port(); out.delete()
+print("received", got[0])
+"""
+
+
+def test_closing_an_input_while_messages_flow_neither_hangs_nor_crashes() -> None:
+    """Open and close a MIDI input 60 times under a flood of messages, in a child process: a hang (thread
+    killed holding the GIL) or a crash at exit (freed callback tuple) shows as a timeout or a bad exit code."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _CLOSE_RACE, _name("bh-flood"), "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) > 60  # messages really flowed into the callbacks

@@ -217,6 +217,27 @@ class SessionCentre:
         return out
 
 
+class SessionCentres:
+    """One :class:`SessionCentre` per latent source of a session: the global latent (key ``""``) and
+    each group's. Fed with every brain state, whichever composer is playing, so a live switch to
+    learned mode finds the calibration already taken; a state seen twice counts once."""
+
+    def __init__(self, warmup: int = 80) -> None:
+        self.warmup = warmup
+        self.sources: dict[str, SessionCentre] = {}
+
+    def observe(self, state: BrainState) -> None:
+        pairs = [(g.name, g.latent) for g in state.groups] + [("", state.latent)]
+        for key, vec in pairs:
+            if vec is not None:
+                self.sources.setdefault(key, SessionCentre(self.warmup)).observe(vec, state.calibrating, state.index)
+
+    def __call__(self, key: str, x: np.ndarray) -> np.ndarray:
+        """x minus the centre of source ``key`` (x itself for a source never observed)."""
+        c = self.sources.get(key)
+        return np.asarray(x, np.float64) if c is None else c(x)
+
+
 def distance_spearman(x: np.ndarray, y: np.ndarray, max_points: int = 400, seed: int = 0) -> float:
     """Spearman correlation between the pairwise Euclidean distances of rows of x (n, a) and y (n, b)."""
     from scipy.spatial.distance import pdist

@@ -28,8 +28,9 @@ def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Pa
     """Per-bar music latents (bars, latent_dim) from an .npz.
 
     ``latents`` (n, latent_dim) are music latents used as they are; ``global_latent`` (n, d) is the
-    output of ``brainharmonic embed`` and goes through the latent map (session-centred on its
-    calibration windows when the map is, which are then left out). n rows are resampled to
+    output of ``brainharmonic embed`` and goes through the latent map; its calibration windows are
+    left out (as live music leaves them out), after centring the session on them when the map is
+    centred. n rows are resampled to
     ``bars`` rows (evenly spaced, NaN rows skipped).
     """
     if not path.is_file():
@@ -47,6 +48,11 @@ def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Pa
             if lmap.centred:
                 brain = SessionCentre.apply_to(brain, calibrating)
             brain = brain[np.isfinite(brain).all(axis=1) & ~calibrating]
+            if brain.shape[0] == 0:
+                raise DataError(
+                    f"{path} holds no finite latent outside calibration; embed a longer recording "
+                    "(more than the signal.baseline seconds)."
+                )
             lat = lmap(brain)
         else:
             raise DataError(f"{path} has neither 'latents' nor 'global_latent'; pass a latent .npz.")

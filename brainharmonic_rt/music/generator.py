@@ -149,8 +149,8 @@ class Voice:
     base_bias: np.ndarray | None = None  #: (vocab,) fixed bias (register, scale, drums) added every step
     max_bar_tokens: int = 160  #: a bar longer than this is closed (guards against a stuck stream)
     max_chord: int = 8  #: notes per onset; then pitches are forbidden until the position moves
-    #: nats between a position the previous bar had an onset on and one it had not (0 = off): the
-    #: GRU forgets a rhythm within a bar or two, so a small nudge lets grooves repeat as real music does
+    #: nats between the rhythm choices that repeat the previous bar and those that do not (0 = off):
+    #: the GRU forgets a rhythm within a bar or two, so a nudge lets grooves repeat as real music does
     groove: float = 0.0
 
     def __post_init__(self) -> None:
@@ -174,20 +174,18 @@ class Voice:
         self._positions = v.ids_of("position")
         self._position_values = v.value[self._positions]
         self._position_bits = np.left_shift(1, self._position_values.astype(np.int64))
+        self._rhythm = np.r_[self._positions, v.bar]  # the tokens that choose where the next onset goes
         self._special = v.ids_of("special")
         self._pitches = v.pitch_ids()
 
     def grammar_bias(self) -> np.ndarray:
         """Bias (vocab,) that keeps the stream well formed: positions move forward inside a bar, no
         special tokens, at most :attr:`max_chord` notes per onset, a bar that runs too long is closed;
-        plus :attr:`base_bias` and the :attr:`groove` nudge towards the previous bar's onsets."""
+        plus :attr:`base_bias`."""
         v = self.model.vocab
         bias = np.zeros(len(v), np.float32) if self.base_bias is None else self.base_bias.astype(np.float32)
         bias[self._special] = FORBID
         d = self.decoder
-        if self.groove > 0 and d.prev_onsets:
-            repeat = (self._position_bits & d.prev_onsets) != 0
-            bias[self._positions] += np.where(repeat, 0.5 * self.groove, -0.5 * self.groove).astype(np.float32)
         if d.seen_position >= 0:
             bias[self._positions[self._position_values <= d.seen_position]] = FORBID
         if d.notes_here >= self.max_chord:
@@ -196,6 +194,28 @@ class Voice:
             bias[:] = FORBID
             bias[v.bar] = 0.0
         return bias
+
+    def groove_logits(self, logits: np.ndarray) -> np.ndarray:
+        """``logits`` with the groove nudge: among the rhythm tokens (the positions and Bar), those that
+        repeat the previous bar get +groove/2 and the others -groove/2 (Bar repeats it when the previous
+        bar had no onset after the current position), then the rhythm tokens are shifted together so
+        their total probability stays what the model gave: the nudge picks *where* the next onset goes,
+        never whether the current onset gets another note. Unchanged while groove is 0 or the previous
+        bar had no onset."""
+        d = self.decoder
+        if self.groove <= 0 or not d.prev_onsets:
+            return logits
+        passed = (1 << (d.seen_position + 1)) - 1 if d.seen_position >= 0 else 0
+        repeat = np.r_[(self._position_bits & d.prev_onsets) != 0, not (d.prev_onsets & ~passed)]
+        x = logits[self._rhythm]
+        ok = x > 0.5 * FORBID
+        if not ok.any():
+            return logits
+        y = x + np.where(repeat, 0.5 * self.groove, -0.5 * self.groove)
+        y -= np.logaddexp.reduce(y[ok]) - np.logaddexp.reduce(x[ok])
+        out = logits.copy()
+        out[self._rhythm] = np.where(ok, y, x)
+        return out
 
     def step(
         self,
@@ -231,6 +251,7 @@ class Voice:
     ) -> int:
         """Sample from this stream's ``logits`` (vocab,) of a step already run (alone or in a batch, see
         :func:`step_voices`), take ``state`` (n_layers, 1, hidden) and feed the token back; returns it."""
+        logits = self.groove_logits(logits)
         token = sample(logits, self.rng, self.temperature, self.top_p)
         if veto is not None:
             extra = veto(token)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentre, Space, bandpower_features
+from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres, Space, bandpower_features
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
@@ -118,6 +118,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
     generator : model paths and sampling settings.
     harmony : the shared plan's and the arbiter's settings.
     model, latent_map : already opened objects (tests, several composers sharing one session).
+    centres : the session's latent centres (the pipeline's, so they outlive a mode switch).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         *,
         model: GeneratorModel | None = None,
         latent_map: LatentMap | None = None,
+        centres: SessionCentres | None = None,
     ) -> None:
         super().__init__(instruments, music, harmony)
         gen = generator or GeneratorSettings()
@@ -145,7 +147,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
                 f"{self.model.latent_dim}; fit the map again for this generator."
             )
         self._band_map: LatentMap | None = None
-        self._centres: dict[str, SessionCentre] = {}  # per latent source ("" = the global latent)
+        #: the session's latent centres; the pipeline passes its own, fed with every state in any mode
+        self.centres = centres if centres is not None else SessionCentres()
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -191,8 +194,6 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
         arbiter and mute/solo; the voices start at the first bar line after what ``other`` composed."""
         self.adopt_shared(other)
-        if isinstance(other, LearnedComposer):
-            self._centres = other._centres
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -273,9 +274,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         lmap = self.latent_map
         if vec is not None and lmap is not None and vec.shape[-1] == lmap.brain_dim:
             if lmap.centred:  # each latent source (group or global) has its own session centre
-                centre = self._centres.setdefault(name if own else "", SessionCentre())
-                centre.observe(vec, state.calibrating, state.index)
-                vec = centre(vec)
+                self.centres.observe(state)  # no-op when the pipeline has fed this state already
+                vec = self.centres(name if own else "", vec)
             if state.calibrating or not np.all(np.isfinite(vec)):
                 return None
             return lmap(vec)
@@ -297,6 +297,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets in ``[start, end)`` (music seconds) for the brain state ``state``."""
+        self.centres.observe(state)
         if end <= start:
             return []
         if not self._started:

@@ -19,7 +19,6 @@ tick time over tick count across the last ``window`` ticks, whose error shrinks 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import weakref
@@ -30,7 +29,7 @@ from typing import Any, Protocol
 import mido
 
 from ..errors import SinkError
-from ..sinks.rtmidi_port import connect
+from ..sinks.rtmidi_port import close_midi_in, connect
 
 PPQN = 24  #: MIDI clock ticks per quarter note (beat)
 BEATS_PER_BAR = 4
@@ -265,14 +264,7 @@ class ClockFollower:
     def close(self) -> None:
         """Stop the callback, close the port, delete the client (explicitly: see the sinks). Idempotent."""
         mi, self._in = self._in, None
-        if mi is None or mi.is_deleted:
-            return
-        with contextlib.suppress(Exception):
-            mi.cancel_callback()
-        try:
-            mi.close_port()
-        finally:
-            mi.delete()
+        close_midi_in(mi)
 
     def __enter__(self) -> ClockFollower:
         self.open()

@@ -193,7 +193,7 @@ class NoteDecoder:
     seen_position: int = -1  #: last Position token of this bar (-1 = none yet)
     bar_tokens: int = 0  #: tokens since the last Bar
     notes_here: int = 0  #: notes completed at the current position
-    onsets: int = 0  #: positions of this bar that had a Position token, as bits (1 << position)
+    onsets: int = 0  #: positions of this bar where a note started, as bits (1 << position)
     prev_onsets: int = 0  #: the same for the previous bar (what a groove bias repeats)
     _pitch: int | None = None
     _velocity: int | None = None
@@ -219,7 +219,6 @@ class NoteDecoder:
             self._pitch = self._velocity = None
         elif kind == "position":
             self.position = self.seen_position = int(val)
-            self.onsets |= 1 << self.position
             self.notes_here = 0
             self._pitch = self._velocity = None
         elif kind in ("pitch", "drum"):
@@ -230,6 +229,7 @@ class NoteDecoder:
             note = TokenNote(self.beat, float(val), self._pitch, max(1, min(127, self._velocity)))
             self._pitch = self._velocity = None
             self.notes_here += 1
+            self.onsets |= 1 << self.position
             self.notes.append(note)
             return note
         return None

@@ -137,6 +137,7 @@ def _notes(ids: np.ndarray, vocab: Vocab) -> np.ndarray:
     for tok, kind in zip(ids, kinds, strict=True):
         if kind == "bar":
             bar += 1
+            pos = 0.0
         elif kind == "position":
             pos = vocab.value[tok]
         elif kind == "pitch":
@@ -156,6 +157,8 @@ def handmade_features(notes: np.ndarray, bars: int = 4) -> np.ndarray:
     std / range of pitch, notes per onset, mean / std of duration, mean velocity, share of onsets on
     the beat / the off-beat eighth / the sixteenths, mean top-line interval, mean inter-onset gap.
     """
+    if len(notes) == 0:
+        return np.zeros(26)
     pitch = notes[:, 2]
     pc = np.bincount((pitch % 12).astype(int), minlength=12) / len(notes)
     nz = pc[pc > 0]
