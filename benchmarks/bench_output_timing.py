@@ -50,6 +50,8 @@ while len(got) < n_expected and time.monotonic() < deadline:
     got.append((now, cum, list(m[0])))
 anchor = min((p - c for p, c, _ in got), default=0.0)
 json.dump([(anchor + c, msg) for _, c, msg in got], open(out_path, "w"))
+mi.close_port()
+mi.delete()  # explicitly: an implicitly freed JACK client can crash the process at exit
 """
 
 

@@ -126,7 +126,6 @@ def test_groove_nudges_the_previous_bars_rhythm(trained: Path) -> None:
         v.decoder.push(vocab.index[tok])
     # onsets are where notes started: Position_14 had none
     assert v.decoder.prev_onsets == (1 << 4) | (1 << 12) and v.decoder.onsets == 0
-    logits[v._positions[v._position_values <= -1]] = FORBID  # nothing passed yet at the bar's start
     out = v.groove_logits(logits)
     d = out - logits
     p4, p8, p12 = (vocab.index[f"Position_{k}"] for k in (4, 8, 12))
@@ -144,6 +143,11 @@ def test_groove_nudges_the_previous_bars_rhythm(trained: Path) -> None:
     d = v.groove_logits(logits) - logits
     assert d[vocab.bar] - d[vocab.index["Position_14"]] == pytest.approx(2.0)
     assert v.groove_logits(logits)[p4] == FORBID  # forbidden tokens stay forbidden
+    cold = Voice(m, 0, 0, temperature=0.5, groove=2.0)  # the share is kept at the sampler's temperature
+    cold.decoder = v.decoder
+    warm = np.random.default_rng(1).normal(size=len(vocab))
+    lse = np.logaddexp.reduce
+    assert lse(cold.groove_logits(warm)[rhythm] / 0.5) == pytest.approx(lse(warm[rhythm] / 0.5))
     off = Voice(m, 0, 0)  # groove 0: the model's own logits
     off.decoder = v.decoder
     assert np.array_equal(off.groove_logits(logits), logits)

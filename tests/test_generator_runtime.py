@@ -115,14 +115,15 @@ def test_engine_keeps_session_centres_across_mode_switches(eegmat_dir: Path) -> 
                 state, _ = engine.compose(w)
                 calibrating += state.calibrating
 
-    feed(0.0, 28.0)
+    feed(0.0, 8.0)
     assert engine.composer.centres is engine.centres
+    engine.set_mode("classic")  # mid-calibration: the classic composer plays, the engine keeps feeding
+    feed(8.0, 28.0)
     glob = engine.centres.sources[""]
-    assert calibrating > 0 and glob.n == calibrating and glob.frozen
+    assert calibrating > 0 and glob.n == calibrating and glob.frozen  # every calibration window counted
     mean = glob.mean.copy()
-    engine.set_mode("classic")
-    feed(28.0, 34.0)
     engine.set_mode("learned")
     assert engine.composer.centres is engine.centres
+    feed(28.0, 40.0)
     assert np.array_equal(engine.centres.sources[""].mean, mean)  # kept, not re-learnt after the switch
-    feed(34.0, 40.0)
+    assert any(v.latent is not None for v in engine.composer._voices)  # and the learned voices are steered

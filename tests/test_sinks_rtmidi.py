@@ -15,7 +15,14 @@ from brainharmonic_rt.config import InstrumentSettings
 from brainharmonic_rt.errors import ConfigError, SinkError
 from brainharmonic_rt.events import Note
 from brainharmonic_rt.music.clock import Scheduler
-from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink, close_midi_in, compiled_apis, format_ports, list_ports
+from brainharmonic_rt.sinks.rtmidi_port import (
+    RtMidiSink,
+    callback_refs,
+    close_midi_in,
+    compiled_apis,
+    format_ports,
+    list_ports,
+)
 
 from .midiutil import MidiReader, all_notes_off, note_offs, note_ons, unmatched_notes
 
@@ -239,3 +246,20 @@ def test_closing_an_input_while_messages_flow_neither_hangs_nor_crashes() -> Non
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert int(run.stdout.split()[-1]) > 60  # messages really flowed into the callbacks
+
+
+def test_the_callback_tuple_is_found_so_close_can_keep_it_alive() -> None:
+    """close_midi_in finds python-rtmidi's (func, data) tuple through the garbage collector; if a new
+    python-rtmidi stopped exposing it, the protection would vanish silently: this catches that."""
+    mi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, "bh-test-refs")
+
+    def on(event: object, data: object = None) -> None:
+        pass
+
+    try:
+        assert callback_refs(mi) == []
+        mi.set_callback(on, "payload")
+        assert callback_refs(mi) == [(on, "payload")]
+    finally:
+        close_midi_in(mi)
+    assert mi.is_deleted

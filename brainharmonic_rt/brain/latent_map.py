@@ -171,9 +171,10 @@ class LatentMap:
 class SessionCentre:
     """The centre of one session's brain latents: the mean of its calibration windows.
 
-    Without calibration windows (a composer switched on mid-session, a file with no baseline),
-    the mean of the first ``warmup`` windows, used as it grows. Frozen afterwards, like a frozen
-    band-power baseline, so the music keeps following slow changes of state.
+    Without calibration windows (a recording whose baseline came from elsewhere, latents from a
+    source that never calibrates), the mean of the first ``warmup`` windows, used as it grows.
+    Frozen afterwards, like a frozen band-power baseline, so the music keeps following slow
+    changes of state.
     """
 
     def __init__(self, warmup: int = 80) -> None:

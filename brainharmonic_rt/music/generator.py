@@ -199,20 +199,25 @@ class Voice:
         """``logits`` with the groove nudge: among the rhythm tokens (the positions and Bar), those that
         repeat the previous bar get +groove/2 and the others -groove/2 (Bar repeats it when the previous
         bar had no onset after the current position), then the rhythm tokens are shifted together so
-        their total probability stays what the model gave: the nudge picks *where* the next onset goes,
-        never whether the current onset gets another note. Unchanged while groove is 0 or the previous
-        bar had no onset."""
+        their total probability (at this voice's temperature, before top-p) stays what the model gave:
+        the nudge picks *where* the next onset goes, not whether the current onset gets another note.
+        Unchanged while groove is 0 or the previous bar had no onset.
+        """
         d = self.decoder
         if self.groove <= 0 or not d.prev_onsets:
             return logits
         passed = (1 << (d.seen_position + 1)) - 1 if d.seen_position >= 0 else 0
         repeat = np.r_[(self._position_bits & d.prev_onsets) != 0, not (d.prev_onsets & ~passed)]
         x = logits[self._rhythm]
-        ok = x > 0.5 * FORBID
+        ok = np.isfinite(x) & (x > 0.5 * FORBID)
         if not ok.any():
             return logits
         y = x + np.where(repeat, 0.5 * self.groove, -0.5 * self.groove)
-        y -= np.logaddexp.reduce(y[ok]) - np.logaddexp.reduce(x[ok])
+        t = self.temperature
+        if t > 0:  # keep the rhythm tokens' share at the temperature the sampler uses
+            y -= t * (np.logaddexp.reduce(y[ok] / t) - np.logaddexp.reduce(x[ok] / t))
+        else:  # argmax: keep the best rhythm token's logit
+            y -= y[ok].max() - x[ok].max()
         out = logits.copy()
         out[self._rhythm] = np.where(ok, y, x)
         return out
