@@ -1,6 +1,6 @@
 """Print the configuration reference (Markdown) from the pydantic models, for the README.
 
-    .venv/bin/python scripts/config_reference.py
+.venv/bin/python scripts/config_reference.py
 """
 
 from __future__ import annotations
