@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import header, summary
 
-from brainharmonic_rt.music.commands import GENERATE_GROOVE, generate_notes
+from brainharmonic_rt.music.commands import GENERATE_GROOVE, generate_notes, holdout_count
 from brainharmonic_rt.music.evaluate import evaluate, evaluate_file, from_notes, summarize
 from brainharmonic_rt.music.generator import DEFAULT_MODEL, GeneratorModel, Voice
 from brainharmonic_rt.music.tokens import DRUM_PROGRAM
@@ -133,9 +133,8 @@ def eeg_pieces(eeg: Path, latent_map: Path, n: int, bars: int, holdout: float = 
 
     lmap = LatentMap.load(latent_map)
     sessions = discover_sessions(eeg)
-    if len(sessions) < 2:
-        return []  # the map holds nothing out of a single session
-    held = sessions[len(sessions) - max(1, round(len(sessions) * holdout)) :]
+    n_hold = holdout_count(len(sessions), holdout)
+    held = sessions[len(sessions) - n_hold :] if n_hold else []  # the map holds nothing out of one session
     pieces = []
     for s in held:
         e = asyncio.run(embed_source(open_session(s).source, Settings()))

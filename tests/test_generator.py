@@ -306,6 +306,7 @@ def test_composer_centres_each_latent_source_on_its_calibration(trained: Path) -
     assert np.allclose(centres["frontal"].mean, np.mean(seen_own, axis=0))
     assert np.allclose(centres[""].mean, np.mean(seen_glob, axis=0))
     later = state(20, False, shift=1.0)  # one unit above the calibration in every dimension
+    c.compose(later, 5.0, 5.25)  # compose feeds the centres (and freezes them after calibration)
     for name, key in (("frontal", "frontal"), ("occipital", "")):
         vec = later.groups[0].latent if name == "frontal" else later.latent
         z = c.music_latent(later, name)

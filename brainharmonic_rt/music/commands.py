@@ -249,6 +249,11 @@ def add_fit_latent_map_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def holdout_count(n_sessions: int, share: float) -> int:
+    """How many of the last sessions ``train latent-map`` keeps out of the fit (none of a single session)."""
+    return max(1, round(n_sessions * share)) if n_sessions > 1 else 0
+
+
 def fit_latent_map(args: argparse.Namespace) -> int:
     """Embed every session with the encoder, fit the map on most subjects, check distances on the rest.
 
@@ -267,7 +272,7 @@ def fit_latent_map(args: argparse.Namespace) -> int:
     m = np.load(args.music)
     music = Space(m["mean"], m["axes"], m["std"])
     sessions = discover_sessions(args.eeg)
-    n_hold = max(1, round(len(sessions) * args.holdout)) if len(sessions) > 1 else 0
+    n_hold = holdout_count(len(sessions), args.holdout)
     fit_x: list[np.ndarray] = []
     hold_x: list[np.ndarray] = []
     settings = Settings()

@@ -269,13 +269,12 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
     def music_latent(self, state: BrainState, name: str) -> np.ndarray | None:
         """Music latent (latent_dim,) for one instrument from a brain state, or None (calibrating)."""
         group = next((g for g in state.groups if g.name == name), None)
-        own = group is not None and group.latent is not None
-        vec = group.latent if own and group is not None else state.latent
+        own = group.latent if group is not None else None
+        vec = own if own is not None else state.latent
         lmap = self.latent_map
         if vec is not None and lmap is not None and vec.shape[-1] == lmap.brain_dim:
-            if lmap.centred:  # each latent source (group or global) has its own session centre
-                self.centres.observe(state)  # no-op when the pipeline has fed this state already
-                vec = self.centres(name if own else "", vec)
+            if lmap.centred:  # each latent source (group or global) has its own centre, fed in compose
+                vec = self.centres(name if own is not None else "", vec)
             if state.calibrating or not np.all(np.isfinite(vec)):
                 return None
             return lmap(vec)
