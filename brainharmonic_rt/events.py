@@ -45,10 +45,13 @@ class Chunk:
     data : array of shape (n_channels, n_samples), float64
     timestamps : array of shape (n_samples,), seconds on the source clock
         (LSL clock for live streams, seconds from file start for files).
+    received : ``time.monotonic()`` when the chunk reached this process (live sources), or None
+        (files). Unlike ``timestamps`` it is always on this machine's clock, so latency is measured from it.
     """
 
     data: np.ndarray
     timestamps: np.ndarray
+    received: float | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 2:
@@ -67,8 +70,10 @@ class Window:
 
     data : array of shape (n_channels, n_samples), filtered and re-referenced.
     t_end : session time (s since the first sample) of the window's last sample.
-    stamp : source-clock timestamp of the last sample (for latency measurement).
+    stamp : source-clock timestamp of the last sample.
     bad : indices of channels excluded from this window, with a reason each.
+    received : ``time.monotonic()`` when the chunk holding the last sample arrived (None offline):
+        processing latency is measured from here, never from the source's timestamps.
     """
 
     index: int
@@ -76,6 +81,7 @@ class Window:
     t_end: float
     stamp: float
     bad: tuple[tuple[int, str], ...] = ()
+    received: float | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 2:

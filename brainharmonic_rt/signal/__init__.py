@@ -60,7 +60,7 @@ class SignalChain:
             self.t0 = float(chunk.timestamps[0])
         raw = np.asarray(chunk.data, dtype=np.float64)
         filtered = self.preprocessor.process(raw)
-        windows = self.buffer.push(filtered, chunk.timestamps, self.t0, raw=raw)
+        windows = self.buffer.push(filtered, chunk.timestamps, self.t0, raw=raw, received=chunk.received)
         self.n_samples += chunk.n_samples
         self.n_windows += len(windows)
         return windows

@@ -58,13 +58,21 @@ class WindowBuffer:
         if self.health is not None:
             self.health.reset()
 
-    def push(self, data: np.ndarray, stamps: np.ndarray, t0: float, raw: np.ndarray | None = None) -> list[Window]:
+    def push(
+        self,
+        data: np.ndarray,
+        stamps: np.ndarray,
+        t0: float,
+        raw: np.ndarray | None = None,
+        received: float | None = None,
+    ) -> list[Window]:
         """Add a chunk; return the windows it completes (zero, one or several).
 
         data : array of shape (n_channels, n_samples), preprocessed samples.
         stamps : array of shape (n_samples,), source-clock seconds.
         t0 : source timestamp of the session's first sample (``Window.t_end = stamp - t0``).
         raw : array like ``data`` before preprocessing, for the health check (defaults to ``data``).
+        received : when the chunk arrived (``time.monotonic()``), copied into the windows it completes.
         """
         if data.ndim != 2 or data.shape[0] != self.n_channels or stamps.shape != (data.shape[1],):
             raise DataError(
@@ -89,7 +97,7 @@ class WindowBuffer:
             pos += take
             self._until_emit -= take
             if self._until_emit == 0:
-                windows.append(self._emit(float(stamps[pos - 1]), t0))
+                windows.append(self._emit(float(stamps[pos - 1]), t0, received))
                 self._until_emit = self.n_hop
         return windows
 
@@ -101,7 +109,7 @@ class WindowBuffer:
         if first < k:
             ring[:, : k - first] = block[:, first:]
 
-    def _emit(self, stamp: float, t0: float) -> Window:
+    def _emit(self, stamp: float, t0: float, received: float | None = None) -> Window:
         w = self._write
         data = np.empty_like(self._ring)  # fresh: consumers keep it
         data[:, : self.n_window - w] = self._ring[:, w:]
@@ -109,6 +117,6 @@ class WindowBuffer:
         bad: tuple[tuple[int, str], ...] = ()
         if self.health is not None and self._raw is not None:
             bad = self.health.check(self._raw)  # a permutation of the window: order is irrelevant
-        window = Window(index=self._index, data=data, t_end=stamp - t0, stamp=stamp, bad=bad)
+        window = Window(index=self._index, data=data, t_end=stamp - t0, stamp=stamp, bad=bad, received=received)
         self._index += 1
         return window

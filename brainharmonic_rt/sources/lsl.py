@@ -35,6 +35,7 @@ MIN_RATE = 125.0
 MAX_RATE = 16_000.0
 _POLL = 0.05  # s: how long the reader blocks per pull (bounds stop latency)
 _OPEN_TIMEOUT = 5.0  # s: to subscribe to a resolved stream and fetch its full description
+_Block = tuple[np.ndarray, np.ndarray, float]  # data (n_channels, n), timestamps (n,), arrival (time.monotonic)
 
 
 def _describe(sinfo: Any) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class LSLSource:
         self._inlet: StreamInlet | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pending: collections.deque[tuple[np.ndarray, np.ndarray] | BaseException] = collections.deque()
+        self._pending: collections.deque[_Block | BaseException] = collections.deque()
         self._scheduled = False
         self._queued_samples = 0
         self._max_queued = 0
@@ -439,7 +440,7 @@ class LSLSource:
                 self._n_samples += 1 + k
                 if not self._rate_marks or now - self._rate_marks[-1][0] >= 0.5:
                     self._rate_marks.append((now, self._n_samples))
-                self._hand_over((data, ts))
+                self._hand_over((data, ts, now))
         except LostError:
             self._hand_over(
                 StreamLostError(
@@ -451,7 +452,7 @@ class LSLSource:
         except BaseException as exc:  # forwarded to the loop, never swallowed
             self._hand_over(exc)
 
-    def _hand_over(self, item: tuple[np.ndarray, np.ndarray] | BaseException) -> None:
+    def _hand_over(self, item: _Block | BaseException) -> None:
         """Queue ``item`` for the loop; wake the loop only if no wake-up is pending."""
         self._pending.append(item)
         if not self._scheduled:
@@ -468,7 +469,7 @@ class LSLSource:
         queue = self._queue
         if queue is None:
             return
-        blocks: list[tuple[np.ndarray, np.ndarray]] = []
+        blocks: list[_Block] = []
         error: BaseException | None = None
         while self._pending:
             item = self._pending.popleft()
@@ -478,11 +479,11 @@ class LSLSource:
             blocks.append(item)
         if blocks:
             if len(blocks) == 1:
-                data, ts = blocks[0]
+                data, ts, _ = blocks[0]
             else:
                 data = np.concatenate([b[0] for b in blocks], axis=1)
                 ts = np.concatenate([b[1] for b in blocks])
-            chunk = Chunk(data, ts)
+            chunk = Chunk(data, ts, received=blocks[-1][2])
             queue.put_nowait(chunk)
             self._n_chunks += 1
             self._queued_samples += chunk.n_samples
