@@ -7,6 +7,7 @@ treat them as read-only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +95,11 @@ class GroupState:
 
     power : log10 band power per band name (raw, before normalisation).
     z : band powers normalised against the baseline (robust z-scores, clipped).
-    latent : learned latent for the group, when an encoder is loaded.
+    n_good : channels of the group that were good in this window; 0 flags a group with no signal,
+        whose ``power`` holds its last good value, ``z`` is 0 and ``latent`` is None.
+    latent : learned latent for the group, when an encoder is loaded and a channel was good.
+
+    Every number is finite (checked here): no NaN leaves the brain stage.
     """
 
     name: str
@@ -102,6 +107,18 @@ class GroupState:
     z: dict[str, float]
     n_good: int
     latent: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for what, values in (("power", self.power), ("z", self.z)):
+            if not all(math.isfinite(v) for v in values.values()):
+                raise ValueError(f"GroupState {self.name!r} has a non-finite {what}: {values}")
+        if self.latent is not None and not np.isfinite(self.latent).all():
+            raise ValueError(f"GroupState {self.name!r} has a non-finite latent")
+
+    @property
+    def ok(self) -> bool:
+        """At least one good channel in this window (else the group carries no signal)."""
+        return self.n_good > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +134,10 @@ class BrainState:
     token: int | None = None
     latent: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        if self.latent is not None and not np.isfinite(self.latent).all():
+            raise ValueError(f"BrainState {self.index} has a non-finite latent")
+
     def group(self, name: str) -> GroupState:
         for g in self.groups:
             if g.name == name:
@@ -124,12 +145,20 @@ class BrainState:
         raise KeyError(name)
 
     @property
+    def signal_ok(self) -> bool:
+        """Some group had a good channel: False when every channel is bad (flat, NaN, railing)."""
+        return any(g.n_good > 0 for g in self.groups)
+
+    @property
     def z_mean(self) -> dict[str, float]:
-        """Band z-scores averaged over groups (the global state)."""
+        """Band z-scores averaged over the groups that carry signal (the global state; 0 without any)."""
         if not self.groups:
             return {}
         keys = self.groups[0].z.keys()
-        return {k: float(np.mean([g.z[k] for g in self.groups])) for k in keys}
+        good = [g for g in self.groups if g.n_good > 0]
+        if not good:
+            return dict.fromkeys(keys, 0.0)
+        return {k: float(np.mean([g.z[k] for g in good])) for k in keys}
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .brain.latent_map import SessionCentres
 from .config import InstrumentSettings, Settings
-from .errors import ConfigError, StreamLostError
+from .errors import ConfigError, DataError, StreamLostError
 from .events import BrainState, Chunk, Note, SignalInfo, Window
 from .music.clock import Scheduler
 from .music.harmony import BarPlan
@@ -233,6 +233,16 @@ async def render(
             await scheduler.drain()
         for sink in sinks:
             sink.close()
+    if not states:
+        raise DataError(
+            f"Input '{source.info.name}' ({last_t:.1f} s) is shorter than one {settings.signal.window:g} s window, "
+            "so there is nothing to play; pass a longer recording (or a shorter [signal] window)."
+        )
+    if not any(s.signal_ok for s in states):
+        raise DataError(
+            f"Input '{source.info.name}' has no usable signal: in every window every channel is flat, NaN or "
+            "railing, so there is no brain to play; check the recording (and its units)."
+        )
     bars = list(engine.composer.plan.history)
     costs = list(engine.composer.arbiter.bar_costs)
     return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs)
@@ -270,6 +280,8 @@ class LivePipeline:
         self.clock_in: ClockFollower | None = None  #: the incoming MIDI clock followed (output.clock_in)
         self._queue: WindowQueue | None = None
         self._last_state: BrainState | None = None
+        self._signal_ok: bool | None = None  # whether the latest window had any good channel
+        self._silent_groups: frozenset[str] = frozenset()  # groups without a good channel in the latest window
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the run to end (thread-safe only via loop.call_soon_threadsafe)."""
@@ -306,7 +318,11 @@ class LivePipeline:
             finally:
                 for sink in self.sinks:
                     sink.close()
+                if self.scheduler is not None:
+                    self.stats.notes = self.scheduler.played
                 if recorder is not None:
+                    if self.scheduler is not None:
+                        recorder.write_notes(self.scheduler.take_played())
                     recorder.event("stopped", reason=self.stats.stopped_by)
                     recorder.close()
         return self.stats
@@ -384,18 +400,50 @@ class LivePipeline:
                 # The clock runs on through spans without notes (a gap), but never sends a tick late.
                 start = window.t_end + self.settings.music.lookahead if before is None else before
                 self._tick(engine, scheduler, max(start, scheduler.music_now()), engine._composed_until)
-            self.stats.latencies_ms.append((time.monotonic() - window.stamp) * 1e3)
+            if window.received is not None:  # arrival on this machine's clock → notes scheduled
+                self.stats.latencies_ms.append((time.monotonic() - window.received) * 1e3)
             self.stats.windows += 1
-            self.stats.notes += len(notes)
+            self.stats.notes = scheduler.played
+            self._watch_signal(state)
             if self.recorder is not None:
                 self.recorder.write_state(state)
-                self.recorder.write_notes(notes)
+                self.recorder.write_notes(scheduler.take_played())
             for listener in self.listeners:
                 listener(state, notes)
+
+    def _watch_signal(self, state: BrainState) -> None:
+        """Say once (log, session events) when every channel, or a whole group, stops or starts carrying signal."""
+        name = self.source.info.name
+        ok = state.signal_ok
+        if ok != self._signal_ok and not (ok and self._signal_ok is None):
+            if ok:
+                log.warning("Stream '%s' carries signal again; the music comes back.", name)
+            else:
+                log.warning(
+                    "Every channel of stream '%s' is bad (flat, NaN or railing): holding silence until an electrode "
+                    "recovers; check the headset's contact and its amplifier.",
+                    name,
+                )
+            if self.recorder is not None:
+                self.recorder.event("signal_back" if ok else "no_signal", t=round(state.t_end, 3))
+        self._signal_ok = ok
+        silent = frozenset(g.name for g in state.groups if g.n_good == 0)
+        if ok and silent != self._silent_groups:
+            for g in sorted(silent - self._silent_groups):
+                log.warning(
+                    "Channel group '%s' has no good channel: its instrument fades out; check those electrodes.", g
+                )
+            for g in sorted(self._silent_groups - silent):
+                log.warning("Channel group '%s' carries signal again: its instrument fades back in.", g)
+            if self.recorder is not None:
+                self.recorder.event("groups_silent", t=round(state.t_end, 3), groups=sorted(silent))
+        if ok:
+            self._silent_groups = silent
 
     def snapshot(self) -> dict[str, Any]:
         """Health figures for logs and telemetry."""
         out: dict[str, Any] = {
+            "signal": {"ok": self._signal_ok is not False, "silent_groups": sorted(self._silent_groups)},
             "windows": self.stats.windows,
             "notes": self.stats.notes,
             "stream_losses": self.stats.stream_losses,
@@ -441,10 +489,8 @@ class LivePipeline:
         scheduler.schedule(notes)
         if self.clock is not None:
             self._tick(engine, scheduler, start, end)
-        self.stats.notes += len(notes)
         if self.recorder is not None:
             self.recorder.event("recomposed", from_time=round(start, 6))
-            self.recorder.write_notes(notes)
         return notes
 
     # ------------------------------------------------------------------ MIDI clock

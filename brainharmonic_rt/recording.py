@@ -7,8 +7,9 @@ Layout of a session folder::
     eeg.f32         samples as received, float32, sample-major (n_samples x n_channels), appended per chunk
     eeg_times.f64   one LSL (or source) timestamp per sample, float64
     states.jsonl    one line per window: session time, band powers, z-scores, bad channels, token
-    notes.jsonl     one line per note: music time, duration, pitch, velocity, channel, instrument
-    events.jsonl    stream lost / reconnected / bad channels / start / stop
+    notes.jsonl     one line per note played (its note_on went out): music time, duration, pitch, velocity,
+                    channel, instrument; notes composed but cancelled by a live change are not here
+    events.jsonl    start / stop, stream lost / back, no signal / signal back, silent channel groups, ...
     notes.mid       the notes as a MIDI file (written on close; `render` rebuilds it after a crash)
 
 Every file is written without user-space buffering (one write per chunk or line), so after ``kill -9``
@@ -105,24 +106,16 @@ class SessionRecorder:
             rec["token"] = state.token
         if state.latent is not None:
             rec["latent"] = [round(float(v), 5) for v in state.latent]
-        self._files["states"].write(json.dumps(rec, allow_nan=False, default=_finite) + "\n")
+        try:
+            line = json.dumps(rec, allow_nan=False, default=_finite)
+        except ValueError:  # a non-finite number: never end the run over it, write it as null
+            line = json.dumps(_nulls(rec), allow_nan=False, default=_finite)
+        self._files["states"].write(line + "\n")
 
     def write_notes(self, notes: list[Note]) -> None:
         fh = self._files["notes"]
         for n in notes:
-            fh.write(
-                json.dumps(
-                    {
-                        "time": round(n.time, 6),
-                        "duration": round(n.duration, 6),
-                        "pitch": n.pitch,
-                        "velocity": n.velocity,
-                        "channel": n.channel,
-                        "instrument": n.instrument,
-                    }
-                )
-                + "\n"
-            )
+            fh.write(json.dumps(note_record(n)) + "\n")
 
     def event(self, kind: str, **fields: Any) -> None:
         if "events" in self._files:
@@ -155,6 +148,17 @@ def note_record(n: Note) -> dict[str, Any]:
         "channel": n.channel,
         "instrument": n.instrument,
     }
+
+
+def _nulls(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON null), recursively."""
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulls(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _finite(value: Any) -> Any:

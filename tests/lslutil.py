@@ -38,6 +38,7 @@ class SyntheticOutlet:
             )
         self.ch_names = ch_names
         self.nan_channels: set[int] = set()
+        self.flat_channels: set[int] = set()  #: channels sending a constant (a loose or shorted electrode)
         self.sent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,6 +71,8 @@ class SyntheticOutlet:
             data[:, 0] = n
             for c in self.nan_channels:
                 data[:, c] = np.nan
+            for c in self.flat_channels:
+                data[:, c] = 3e-6
             stamp = local_clock()
             self._outlet.push_chunk(data.astype(np.float32), timestamp=stamp)
             self.push_times.append((stamp, local_clock()))

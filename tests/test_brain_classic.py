@@ -81,14 +81,20 @@ def test_group_power_averages_good_channels_only() -> None:
     assert (state.index, state.t_end, state.stamp) == (0, 2.0, 102.0)
 
 
-def test_group_with_no_good_channel_is_neutral() -> None:
+def test_group_with_no_good_channel_is_neutral_flagged_and_finite() -> None:
     _, brain = _brain()
     x = np.random.default_rng(1).standard_normal((8, 1000))
     state = brain.process(_window(x, 2.0, bad=((5, "flat"), (6, "nan"))))
     occ = state.group("occipital")
-    assert occ.n_good == 0 and all(np.isnan(v) for v in occ.power.values())
+    assert occ.n_good == 0 and not occ.ok
+    assert occ.power == {"theta": 0.0, "alpha": 0.0, "beta": 0.0}, "no good power yet: a defined 0, never NaN"
     assert occ.z == {"theta": 0.0, "alpha": 0.0, "beta": 0.0}
     assert brain.stats()["bad"] == {"EEG O1": "flat", "EEG O2": "nan"}
+    good = brain.process(_window(x, 2.25)).group("occipital")
+    held = brain.process(_window(x, 2.5, bad=((5, "flat"), (6, "flat")))).group("occipital")
+    assert good.ok and not held.ok
+    assert held.power == good.power, "a group without signal holds its last good power"
+    assert state.signal_ok and set(state.z_mean) == {"theta", "alpha", "beta"}
 
 
 def test_calibrating_flag_and_z_scores() -> None:

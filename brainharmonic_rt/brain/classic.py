@@ -19,7 +19,8 @@ class ClassicBrain:
     """Window → :class:`BrainState` with, per group, log10 band power and robust z-scores.
 
     A group's power is the mean (linear) band power over its good channels; a group with
-    no good channel reports power NaN, z 0 and ``n_good == 0``.
+    no good channel reports ``n_good == 0``, z 0 and its last good power (0 before it had one),
+    so every number in a state is finite (see :class:`~brainharmonic_rt.events.GroupState`).
     Raises :class:`ConfigError` at construction when a band does not fit the stream's rate.
     """
 
@@ -37,6 +38,7 @@ class ClassicBrain:
         self._step = decimation_step(info.sfreq, signal.bandpass, self.bands)
         self._bandpower: dict[int, BandPower] = {n_window: BandPower(info.sfreq, n_window, self.bands, step=self._step)}
         self.normalizer = BaselineNormalizer(signal.baseline, signal.adapt, signal.z_clip)
+        self._held = np.zeros((len(self.groups), len(self.band_names)))  # last good log power per group
         self._last_bad: tuple[tuple[str, str], ...] = ()
         self.n_windows = 0
 
@@ -50,7 +52,7 @@ class ClassicBrain:
             power = bp.compute(window.data)[self._used]  # (n_used, n_bands)
         else:
             power = bp.compute(window.data[self._used])
-        good = np.ones(len(self._used), dtype=bool)
+        good = np.isfinite(power).all(axis=1)  # absurd amplitudes overflow: such a channel carries no signal
         for ch, _reason in window.bad:
             row = self._pos.get(ch)
             if row is not None:
@@ -65,6 +67,9 @@ class ClassicBrain:
                 logp[g] = np.log10(np.maximum(power[ok].mean(axis=0), POWER_FLOOR))
         calibrating = self.normalizer.calibrating
         z = self.normalizer.update(window.t_end, logp.ravel()).reshape(n_groups, n_bands)
+        ok = n_good > 0
+        self._held[ok] = logp[ok]  # a group without signal reports its last good power (flagged by n_good 0)
+        logp = self._held
         groups = tuple(
             GroupState(
                 name=name,

@@ -7,8 +7,10 @@ exactly those the live pipeline would compute.
 The ``.npz`` holds, per window (n windows, G groups, D latent size):
 
 * ``times`` (n,) seconds from the start of INPUT to the window's last sample;
-* ``global_latent`` (n, D) float32, NaN where no channel was good;
-* ``group_latents`` (n, G, D) float32, NaN for a group without a good channel;
+* ``global_latent`` (n, D) float32; where no channel was good, the last good latent (zeros before one);
+* ``group_latents`` (n, G, D) float32; for a group without a good channel, its last good latent (zeros before);
+* ``global_ok`` (n,) bool and ``group_ok`` (n, G) bool: whether that latent was computed from this window
+  (False flags a held value: a flat tail, a bad electrode group); no array holds NaN;
 * ``group_names`` (G,) str; ``tokens`` (n,) int64, -1 where none; ``calibrating`` (n,) bool;
 * ``model_version`` and ``ch_names`` for provenance.
 """
@@ -36,6 +38,8 @@ class Embeddings:
     times: np.ndarray
     global_latent: np.ndarray
     group_latents: np.ndarray
+    global_ok: np.ndarray
+    group_ok: np.ndarray
     group_names: tuple[str, ...]
     tokens: np.ndarray
     calibrating: np.ndarray
@@ -53,6 +57,8 @@ class Embeddings:
                     times=self.times,
                     global_latent=self.global_latent,
                     group_latents=self.group_latents,
+                    global_ok=self.global_ok,
+                    group_ok=self.group_ok,
                     group_names=np.asarray(self.group_names, dtype=str),
                     tokens=self.tokens,
                     calibrating=self.calibrating,
@@ -71,23 +77,26 @@ async def embed_source(source: Any, settings: Settings, *, model: EncoderModel |
     groups: list[np.ndarray] = []
     tokens: list[int] = []
     calib: list[bool] = []
+    ok: list[list[bool]] = []
     async with source:
         info = source.info
         brain = LearnedBrain(info, settings.signal, settings.bands, settings.encoder, model=model)
         chain = SignalChain(info, settings.signal)
         d = brain.spec.latent_dim
         n_groups = len(brain.groups)
+        held = np.zeros((1 + n_groups, d), np.float32)  # last good latent: global, then each group
         async for chunk in source.chunks():
             for window in chain.push(chunk):
                 state = brain.process(window)
                 times.append(window.t_end)
                 calib.append(state.calibrating)
-                glob.append(state.latent if state.latent is not None else np.full(d, np.nan, np.float32))
-                groups.append(
-                    np.stack(
-                        [g.latent if g.latent is not None else np.full(d, np.nan, np.float32) for g in state.groups]
-                    )
-                )
+                row_ok = [state.latent is not None] + [g.latent is not None for g in state.groups]
+                for k, lat in enumerate([state.latent] + [g.latent for g in state.groups]):
+                    if lat is not None:
+                        held[k] = lat
+                glob.append(held[0].copy())
+                groups.append(held[1:].copy())
+                ok.append(row_ok)
                 tokens.append(-1 if state.token is None else state.token)
     if not times:
         raise DataError(
@@ -97,6 +106,8 @@ async def embed_source(source: Any, settings: Settings, *, model: EncoderModel |
         times=np.asarray(times),
         global_latent=np.stack(glob).astype(np.float32),
         group_latents=np.stack(groups).astype(np.float32).reshape(len(times), n_groups, d),
+        global_ok=np.asarray([r[0] for r in ok], dtype=bool),
+        group_ok=np.asarray([r[1:] for r in ok], dtype=bool).reshape(len(times), n_groups),
         group_names=tuple(brain.groups),
         tokens=np.asarray(tokens, dtype=np.int64),
         calibrating=np.asarray(calib, dtype=bool),

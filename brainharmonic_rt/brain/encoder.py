@@ -325,7 +325,7 @@ class LearnedBrain:
 
     ``process(window)`` returns the classic :class:`BrainState` with ``latent`` (D,),
     ``token`` and each group's ``latent`` (D,) set; a group without a good channel keeps
-    ``latent=None``, and a window without any good grouped channel keeps all of them None.
+    ``latent=None``, and a window without any good grouped channel keeps all of them None (never NaN).
     """
 
     def __init__(
@@ -365,10 +365,16 @@ class LearnedBrain:
             self.n_skipped += 1
             return state
         glob, group_lat, token = self.model.encode(prep.x, prep.region, prep.group_mask)
+        if not (np.isfinite(glob).all() and np.isfinite(group_lat).all()):  # never NaN downstream
+            self.n_skipped += 1
+            return state
         latents: list[np.ndarray | None] = [None] * len(self._group_names)
         for row, g in enumerate(prep.groups):
             latents[int(g)] = group_lat[0, row]
-        groups = tuple(dataclasses.replace(gs, latent=latents[k]) for k, gs in enumerate(state.groups))
+        # A group the band powers call silent (n_good 0) carries no latent either.
+        groups = tuple(
+            dataclasses.replace(gs, latent=latents[k] if gs.n_good > 0 else None) for k, gs in enumerate(state.groups)
+        )
         self.n_encoded += 1
         self._last_token = int(token[0])
         return dataclasses.replace(state, groups=groups, latent=glob[0], token=self._last_token)

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..config import HarmonySettings, InstrumentSettings, MusicSettings
 from ..events import BrainState, Note
-from .composer import EnsembleComposer
+from .composer import SILENT_BELOW, EnsembleComposer
 from .harmony import BarPlan
 from .scales import quantize, scale_pitches
 
@@ -228,6 +228,7 @@ class ClassicComposer(EnsembleComposer[_Voice]):
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets on grid steps in ``[start, end)`` (music seconds), sorted by time."""
         self._update_features(state)
+        self.observe_signal(state, start)
         self.plan.observe(state)
         first = max(0, math.ceil(self._pos(start) - _EPS))
         stop = math.ceil(self._pos(end) - _EPS)
@@ -290,7 +291,12 @@ class ClassicComposer(EnsembleComposer[_Voice]):
         out: list[Note] = []
         for v, cand in wanted:
             drum = v.inst.role == "percussion"
+            presence = self.presence(v.name, t)
+            if presence < SILENT_BELOW:  # its electrode group has no good channel
+                continue
             for pitch, velocity, steps in cand:
+                if presence < 1.0:
+                    velocity = max(1, round(velocity * presence))
                 if not drum:
                     chosen = self.arbiter.choose(v.index, pitch, t, strong)
                     if chosen is None:

@@ -14,7 +14,9 @@ everything due up to a music time, as fast as the CPU allows.
 
 Invariants: every note_on gets exactly one note_off (a retrigger of a sounding
 (channel, pitch) sends the note_off first and the old note's own note_off is then
-skipped); program changes go out at start; at equal times note_offs precede note_ons;
+skipped); program changes go out at start; at equal times note_offs precede note_ons, where
+"equal" means within half a microsecond (a note's end ``time + duration`` and the next onset
+computed on the grid may differ in the last bit, which must not let an onset overtake an ending);
 :meth:`Scheduler.panic` silences every sounding note and every used channel.
 
 Clock and transport messages (:data:`SYNC_TYPES`: 0xF8 clock, Start, Continue, Stop, song
@@ -54,7 +56,13 @@ SYNC_TYPES = frozenset({"clock", "start", "continue", "stop", "songpos"})
 _START, _CONTINUE = mido.Message("start"), mido.Message("continue")
 _COARSE = 0.0015  # wake this long before a target, then sleep finely
 _SPIN = 0.0002  # spin the last part of a wait
-_Item = tuple[float, int, int, mido.Message, int]  # (music time, order, seq, message, note id; 0 = no note)
+#: (ordering key: music time in whole microseconds, order, seq, message, note id (0 = no note), music time)
+_Item = tuple[int, int, int, mido.Message, int, float]
+
+
+def _key(t: float) -> int:
+    """Ordering key of music time ``t``: whole microseconds, so float noise cannot reorder one instant."""
+    return round(t * 1_000_000)
 
 
 class Scheduler:
@@ -108,7 +116,9 @@ class Scheduler:
         self._seq = itertools.count()
         self._note_ids = itertools.count(1)
         self._owner: dict[tuple[int, int], int] = {}
-        self._live: dict[int, str] = {}  # note id → instrument, from schedule until its note_off (or a cancel)
+        self._live: dict[int, Note] = {}  # note id → note, from schedule until its note_off (or a cancel)
+        self._played: deque[Note] = deque(maxlen=100_000)  # notes whose note_on went out, until taken
+        self._n_played = 0
         self._channels: set[int] = {i.channel for i in self._instruments.values()}
         self._epoch = 0
         self._in_flight = 0
@@ -220,11 +230,12 @@ class Scheduler:
         with self._cond:
             for n in notes:
                 nid = next(self._note_ids)
-                self._live[nid] = n.instrument
+                self._live[nid] = n
                 on = mido.Message("note_on", channel=n.channel, note=n.pitch, velocity=n.velocity)
                 off = mido.Message("note_off", channel=n.channel, note=n.pitch, velocity=0)
-                heapq.heappush(self._heap, (n.time, _ON, next(self._seq), on, nid))
-                heapq.heappush(self._heap, (n.time + n.duration, _OFF, next(self._seq), off, nid))
+                end = n.time + n.duration
+                heapq.heappush(self._heap, (_key(n.time), _ON, next(self._seq), on, nid, n.time))
+                heapq.heappush(self._heap, (_key(end), _OFF, next(self._seq), off, nid, end))
                 self._channels.add(n.channel)
                 self._scheduled += 1
                 if n.time < now:
@@ -246,7 +257,7 @@ class Scheduler:
         pushed = False
         with self._cond:
             for t, msg in items:
-                heapq.heappush(self._heap, (t, _MSG, next(self._seq), msg, 0))
+                heapq.heappush(self._heap, (_key(t), _MSG, next(self._seq), msg, 0, t))
                 pushed = True
             if pushed:
                 self._cond.notify_all()
@@ -271,12 +282,12 @@ class Scheduler:
         self._check_running()
         if not self._realtime:
             with self._cond:
-                last = max((item[0] for item in self._heap), default=self._now)
+                last = max((item[5] for item in self._heap), default=self._now)
             self.advance(last)
             return
         assert self._idle is not None
         with self._cond:
-            last = max((item[0] for item in self._heap), default=0.0)
+            last = max((item[5] for item in self._heap), default=0.0)
         if timeout is None:
             timeout = max(0.0, last - self.music_now()) + 2.0
         deadline = time.monotonic() + timeout
@@ -338,26 +349,28 @@ class Scheduler:
             owned = set(self._owner.values())
             if after is None:  # also catches note_ons the dispatcher has popped but not sent yet
                 dropped = {
-                    nid for nid, inst in self._live.items() if nid not in owned and (wanted is None or inst in wanted)
+                    nid
+                    for nid, note in self._live.items()
+                    if nid not in owned and (wanted is None or note.instrument in wanted)
                 }
             else:
                 dropped = {
                     nid
-                    for t, order, _, _, nid in self._heap
+                    for _, order, _, _, nid, t in self._heap
                     if order == _ON and t >= after and nid in self._live
-                    and (wanted is None or self._live[nid] in wanted)
+                    and (wanted is None or self._live[nid].instrument in wanted)
                 }  # fmt: skip
             for nid in dropped:
                 del self._live[nid]
             drop_msgs = wanted is None and any(
-                item[1] == _MSG and (after is None or item[0] >= after) for item in self._heap
+                item[1] == _MSG and (after is None or item[5] >= after) for item in self._heap
             )
             if dropped or drop_msgs:
                 self._heap = [
                     item
                     for item in self._heap
                     if item[4] not in dropped
-                    and not (drop_msgs and item[1] == _MSG and (after is None or item[0] >= after))
+                    and not (drop_msgs and item[1] == _MSG and (after is None or item[5] >= after))
                 ]
                 heapq.heapify(self._heap)
                 self._cond.notify_all()
@@ -366,7 +379,7 @@ class Scheduler:
                 ended = [
                     (key, nid)
                     for key, nid in sorted(self._owner.items())
-                    if wanted is None or self._live.get(nid) in wanted
+                    if wanted is None or (nid in self._live and self._live[nid].instrument in wanted)
                 ]
                 for (ch, pitch), nid in ended:
                     self._send(mido.Message("note_off", channel=ch, note=pitch, velocity=0), t_now)
@@ -387,12 +400,27 @@ class Scheduler:
             self._send(msg, max(self.music_now(), 0.0) if self._realtime else self._now)
         self._raise_error()
 
+    def take_played(self) -> list[Note]:
+        """The notes whose note_on went out since the last call, in the order they sounded (what was
+        heard, unlike what was composed: a live change cancels composed notes before they play)."""
+        out: list[Note] = []
+        with self._send_lock:
+            while self._played:
+                out.append(self._played.popleft())
+        return out
+
+    @property
+    def played(self) -> int:
+        """Notes whose note_on went out so far."""
+        return self._n_played
+
     def sounding(self) -> dict[str, list[int]]:
         """Instrument → pitches sounding now (for telemetry)."""
         out: dict[str, list[int]] = {}
         with self._send_lock:
             for (_, pitch), nid in self._owner.items():
-                out.setdefault(self._live.get(nid, ""), []).append(pitch)
+                note = self._live.get(nid)
+                out.setdefault(note.instrument if note is not None else "", []).append(pitch)
         return {k: sorted(v) for k, v in out.items()}
 
     def stats(self) -> dict[str, Any]:
@@ -408,6 +436,7 @@ class Scheduler:
             lateness = np.array(self._lateness) if self._lateness else np.zeros(1)
         return {
             "scheduled": self._scheduled,
+            "played": self._n_played,
             "sent": self._sent,
             "late": self._late,
             "late_dispatch": self._late_dispatch,
@@ -481,7 +510,8 @@ class Scheduler:
     def _pop_due(self, music_time: float) -> list[_Item]:
         """Pop every item with time <= music_time (call with the condition held)."""
         batch = []
-        while self._heap and self._heap[0][0] <= music_time:
+        due = _key(music_time)
+        while self._heap and self._heap[0][0] <= due:
             batch.append(heapq.heappop(self._heap))
         return batch
 
@@ -495,7 +525,7 @@ class Scheduler:
         with self._send_lock:
             if epoch != self._epoch:  # a panic came in between: drop the batch
                 return
-            for t, order, _, msg, nid in batch:
+            for _, order, _, msg, nid, t in batch:
                 if order == _MSG:
                     self._send(msg, t)
                     continue
@@ -506,6 +536,8 @@ class Scheduler:
                     if key in self._owner:  # retrigger: end the sounding note first
                         self._send(mido.Message("note_off", channel=key[0], note=key[1], velocity=0), t)
                     self._owner[key] = nid
+                    self._played.append(self._live[nid])
+                    self._n_played += 1
                     if wall_now is not None and self._origin is not None:
                         late = max(0.0, time.monotonic() - (self._origin + t))
                         self._lateness.append(late)
@@ -529,7 +561,7 @@ class Scheduler:
                 if self._stopping:
                     return
                 assert self._origin is not None
-                target = self._origin + self._heap[0][0]
+                target = self._origin + self._heap[0][5]
                 delay = target - time.monotonic()
                 if delay > _COARSE:
                     self._cond.wait(delay - _COARSE)  # woken early by an earlier note or a new origin

@@ -45,9 +45,12 @@ def bar_latents_from_file(path: Path, bars: int, latent_dim: int, latent_map: Pa
             brain = np.asarray(data["global_latent"], np.float64)
             lmap = LatentMap.load(latent_map or DEFAULT_MAP)
             calibrating = np.asarray(data["calibrating"], bool) if "calibrating" in data else np.zeros(len(brain), bool)
+            # Held rows (global_ok False: no good channel in that window) count as missing, like NaN rows.
+            good = np.asarray(data["global_ok"] if "global_ok" in data else np.isfinite(brain).all(axis=1), bool)
+            brain = np.where(good[:, None], brain, np.nan)
             if lmap.centred:
                 brain = SessionCentre.apply_to(brain, calibrating)
-            brain = brain[np.isfinite(brain).all(axis=1) & ~calibrating]
+            brain = brain[good & ~calibrating]
             if brain.shape[0] == 0:
                 raise DataError(
                     f"{path} holds no finite latent outside calibration; embed a longer recording "
@@ -280,10 +283,13 @@ def fit_latent_map(args: argparse.Namespace) -> int:
         e = asyncio.run(embed_source(open_session(s).source, settings))
         # the composer feeds group latents (one per instrument), else the global one: fit on both
         sources = [e.global_latent, *e.group_latents.transpose(1, 0, 2)]
+        masks = [e.global_ok, *e.group_ok.T]  # held rows (no good channel in the window) are left out
         if args.centre:
-            sources = [SessionCentre.apply_to(src, e.calibrating) for src in sources]
-        x = np.concatenate([src[~e.calibrating] for src in sources])
-        x = x[np.isfinite(x).all(axis=1)]
+            sources = [
+                SessionCentre.apply_to(np.where(m[:, None], src, np.nan), e.calibrating)
+                for src, m in zip(sources, masks, strict=True)
+            ]
+        x = np.concatenate([src[~e.calibrating & m] for src, m in zip(sources, masks, strict=True)])
         (hold_x if i >= len(sessions) - n_hold else fit_x).append(x)
     brain = np.concatenate(fit_x)
     lmap = LatentMap.fit(brain, music, args.scaling, centred=args.centre)

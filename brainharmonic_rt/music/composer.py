@@ -8,12 +8,44 @@ see one contract, and a change of mode hands the same plan, arbiter and beat gri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import HarmonySettings, InstrumentSettings, MusicSettings
+from ..events import BrainState
 from .arbiter import Arbiter
 from .harmony import HarmonicPlan
 from .timeline import Timeline
+from .tokens import BEATS_PER_BAR
+
+#: Below this presence an instrument plays nothing (its group has had no good channel for about a bar).
+SILENT_BELOW = 0.02
+
+
+@dataclass(slots=True)
+class Presence:
+    """How much an instrument plays (0..1): fades to 0 over a bar when its channel group loses every
+    good channel (a loose electrode group), and back to 1 over a bar when a channel recovers.
+
+    Piecewise linear in music time: ``level`` at ``since``, moving towards ``target`` at ``1 / fade`` per s.
+    """
+
+    level: float = 1.0
+    since: float = 0.0
+    target: float = 1.0
+    fade: float = 2.5
+
+    def at(self, t: float) -> float:
+        """Presence at music time ``t`` (s)."""
+        step = max(t - self.since, 0.0) / self.fade if self.fade > 0 else 1.0
+        if self.target >= self.level:
+            return min(self.target, self.level + step)
+        return max(self.target, self.level - step)
+
+    def aim(self, target: float, t: float, fade: float) -> None:
+        """From music time ``t`` on, move towards ``target`` over ``fade`` seconds."""
+        if target != self.target:
+            self.level, self.since, self.target, self.fade = self.at(t), t, target, fade
 
 
 class _Instrument(Protocol):
@@ -40,10 +72,12 @@ class EnsembleComposer(Generic[V]):
         self.plan = HarmonicPlan(music, harmony)
         self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
         self._solo: str | None = None
+        self._presence = {name: Presence() for name in instruments}
 
     def adopt_shared(self, other: EnsembleComposer[Any]) -> None:
         """Take ``other``'s beat grid, plan, arbiter, mutes and solo (a live mode switch)."""
         self._timeline, self.plan, self.arbiter = other._timeline, other.plan, other.arbiter
+        self._presence = other._presence
         for name in other.muted:
             self._voice(name).muted = True
         self._solo = other.solo
@@ -125,6 +159,20 @@ class EnsembleComposer(Generic[V]):
             if v.name == name:
                 return v
         raise KeyError(name)
+
+    def observe_signal(self, state: BrainState, at: float) -> None:
+        """Aim each instrument's presence at its group's health in ``state``, from music time ``at``: a group
+        with no good channel fades out over one bar, a recovered one fades back in."""
+        bar = BEATS_PER_BAR * 60.0 / self.tempo
+        for g in state.groups:
+            p = self._presence.get(g.name)
+            if p is not None:
+                p.aim(1.0 if g.n_good > 0 else 0.0, at, bar)
+
+    def presence(self, name: str, t: float) -> float:
+        """How much instrument ``name`` plays at music time ``t`` (1 = fully; see :class:`Presence`)."""
+        p = self._presence.get(name)
+        return 1.0 if p is None else p.at(t)
 
     def _audible(self, v: V) -> bool:
         return not v.muted and (self._solo is None or v.name == self._solo)

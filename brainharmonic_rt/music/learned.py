@@ -38,7 +38,7 @@ from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres, Space, ba
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
-from .composer import EnsembleComposer
+from .composer import SILENT_BELOW, EnsembleComposer
 from .generator import FORBID, GeneratorModel, Voice, step_voices
 from .scales import pitch_classes
 from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
@@ -303,6 +303,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
             self._timeline.reset(start)
             self._started = True
         self.plan.observe(state)
+        self.observe_signal(state, start)
         for v in self._voices:
             v.pending = self.music_latent(state, v.name)
         n = len(self._voices)
@@ -393,6 +394,9 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         return notes
 
     def _admit(self, v: _LVoice, t: float, beat: float, beats: float, pitch: int, velocity: int) -> Note | None:
+        presence = self.presence(v.name, t)
+        if presence < SILENT_BELOW:  # its electrode group has no good channel
+            return None
         spb = 60.0 / self.tempo
         dur = min(beats, MAX_NOTE_BEATS) * spb
         drum = v.inst.role == "percussion"
@@ -407,6 +411,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
             return None
         lo, hi = v.inst.velocity
         vel = int(np.clip(round(lo + (velocity - 1) / 126 * (hi - lo)), 1, 127))
+        if presence < 1.0:
+            vel = max(1, round(vel * presence))
         return Note(t, got, pitch, vel, v.inst.channel, v.name)
 
 
