@@ -100,8 +100,25 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tu
     bids = None
     if getattr(args, "subject", None) is not None:
         bids = BIDSSelector(root=first, subject=args.subject, session=args.session, task=args.task, run=args.run)
-    source = open_recordings(paths, bids=bids, seconds=args.seconds, start=args.start)
+    source = open_recordings(
+        paths,
+        bids=bids,
+        seconds=args.seconds,
+        start=args.start,
+        channels=_channel_map(args),
+        xdf_stream=getattr(args, "xdf_stream", None),
+    )
     return source, None, list(getattr(source, "markers", []))
+
+
+def _channel_map(args: argparse.Namespace) -> Any:
+    """``--channels`` or ``[signal] channels`` (from --config / the environment) as a ChannelMap, or None."""
+    from .sources.channel_map import maybe_map
+
+    text = getattr(args, "channels", None)
+    if text is None and hasattr(args, "config"):
+        text = _settings(args).signal.channels
+    return maybe_map(text)
 
 
 def _limit(source: Any, args: argparse.Namespace) -> Any:
@@ -361,7 +378,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         bids = BIDSSelector(
             root=Path(args.path), subject=args.subject, session=args.session, task=args.task, run=args.run
         )
-    replay = Replay(Path(args.path), name=args.name, source_id=args.source_id, loop=args.loop, bids=bids)
+    replay = Replay(
+        Path(args.path),
+        name=args.name,
+        source_id=args.source_id,
+        loop=args.loop,
+        bids=bids,
+        channels=_channel_map(args),
+        xdf_stream=args.xdf_stream,
+    )
     replay.serve_forever()
     return 0
 
@@ -446,11 +471,24 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, help="Use at most this many seconds of input.")
     p.add_argument("--start", type=float, default=0.0, help="Skip this many seconds at the start of the input.")
     p.add_argument("--tr", type=float, default=0.72, help="Repetition time (s) of an fMRI .npy input.")
+    _add_channel_options(p)
     bids = p.add_argument_group("BIDS selection (INPUT is a BIDS root)")
     bids.add_argument("--subject", help="BIDS subject label.")
     bids.add_argument("--session", help="BIDS session label.")
     bids.add_argument("--task", help="BIDS task label.")
     bids.add_argument("--run", help="BIDS run label.")
+
+
+def _add_channel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--channels",
+        metavar='"1=Fz,2=C3,..."',
+        help="Name and pick channels (1-based index = name; unnamed channels are dropped); "
+        "also [signal] channels in the config.",
+    )
+    p.add_argument(
+        "--xdf-stream", metavar="NAME", help="XDF input: the EEG stream by name or type (default: the one typed EEG)."
+    )
 
 
 def _add_lazy(p: argparse.ArgumentParser, module: str, func: str) -> None:
@@ -516,11 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("replay", help="Serve a recording (EDF/BDF/FIF/BrainVision/EEGLAB/BIDS) as a live LSL stream.")
+    p = sub.add_parser(
+        "replay", help="Serve a recording (EDF/BDF/FIF/BrainVision/EEGLAB/XDF/BIDS) as a live LSL stream."
+    )
     p.add_argument("path", metavar="PATH", help="Recording file, or BIDS root with --subject/--task ...")
     p.add_argument("--name", default="brainharmonic-replay", help="LSL stream name.")
     p.add_argument("--source-id", help="LSL source_id (default: derived from the name).")
     p.add_argument("--loop", action="store_true", help="Start again at the end, forever.")
+    _add_channel_options(p)
+    _add_config(p)
     bids = p.add_argument_group("BIDS selection")
     bids.add_argument("--subject")
     bids.add_argument("--session")

@@ -52,7 +52,7 @@ class Engine:
 
         self.info = info
         self.settings = settings
-        self.chain = SignalChain(info, settings.signal)
+        self.chain = SignalChain(info, settings.signal, settings.quality, settings.artifacts)
         self.brain: Any
         if settings.music.mode == "learned":
             # The learned encoder adds a latent vector and a brain token to every brain state.
@@ -75,6 +75,14 @@ class Engine:
             )
         else:
             self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
+        self.composer.gestures = settings.gestures
+        from .signal.channels import fallback_notice
+
+        #: one-line remarks about this input a person should see (log, telemetry, session events)
+        notice = None if info.stype == "fMRI" else fallback_notice(info.name, info.ch_names, self.brain.groups)
+        self.notices: list[str] = [notice] if notice is not None else []
+        for notice in self.notices:
+            log.warning("%s", notice)
         self._composed_until: float | None = None
         self.mode: str = settings.music.mode
         # Everything built so far (models, MNE, the signal chain) lives for the whole run: take it out of the
@@ -132,6 +140,8 @@ class Engine:
         if self._composed_until is not None:
             start = max(start, self._composed_until)
         notes = self.composer.compose(state, start, end) if end > start else []
+        if state.events:
+            notes += self.composer.gesture_notes(state, start)
         self._composed_until = max(end, self._composed_until or end)
         return state, notes
 
