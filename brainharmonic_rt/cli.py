@@ -274,6 +274,8 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     )
     sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
     out = Path(args.out)
+    if getattr(args, "board", None):
+        return _demo_board(args, settings, sink, out, port)
 
     async def main() -> LivePipeline:
         replay = Replay([rest, task], name="brainharmonic-demo", source_id=sid, seconds=args.seconds)
@@ -299,13 +301,56 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     return 0
 
 
+def _live_source(settings: Settings) -> Any:
+    """The live source the settings name: a BrainFlow board ([board] name) or an LSL stream, seen
+    through ``[signal] channels`` when given."""
+    from .sources.channel_map import MappedSource, maybe_map
+
+    source: Any
+    if settings.board.name is not None:
+        from .sources.brainflow import BrainFlowSource, describe
+
+        describe(settings.board)  # a bad board name or missing parameter fails here, in one sentence
+        source = BrainFlowSource(settings.board, settings.stream)
+    else:
+        from .sources.lsl import LSLSource
+
+        source = LSLSource(settings.stream)
+    mapping = maybe_map(settings.signal.channels)
+    return source if mapping is None else MappedSource(source, mapping)
+
+
+def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Path, port: str | None) -> int:
+    """``demo --live --board NAME``: a BrainFlow board (``synthetic`` needs no hardware) played live."""
+    from .pipeline import LivePipeline
+
+    settings = Settings.model_validate(settings.model_dump() | {"board": {"name": args.board}})
+    pipe = LivePipeline(settings, _live_source(settings), [sink], record_root=out / "sessions", duration=args.seconds)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
+        where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
+        length = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
+        print(f"demo: BrainFlow board '{args.board}' live to {where} {length}")
+        await pipe.run()
+
+    asyncio.run(main())
+    folder = pipe.recorder.folder if pipe.recorder else "-"
+    print(f"demo: live run stopped ({pipe.stats.stopped_by}); session recorded in {folder}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import LivePipeline
     from .sinks.midifile import MidiFileSink
-    from .sources.lsl import LSLSource
+    from .sources.brainflow import board_overrides
 
     sections: dict[str, dict[str, Any]] = {
         "stream": {"name": args.stream, "type": args.type, "source_id": args.source_id, "timeout": args.timeout},
+        "board": board_overrides(args),
+        "signal": {"channels": args.channels},
         "music": _music_overrides(args),
         "output": {
             "midi_port": args.midi_port,
@@ -317,9 +362,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "control": _control_overrides(args),
     }
     settings = _settings(args, **sections)
-    if not (settings.stream.name or settings.stream.type or settings.stream.source_id):
+    if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
         raise BrainharmonicError(
-            "No stream selected; pass --stream NAME (or --type / --source-id); `brainharmonic streams` lists them."
+            "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
+            "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
         )
     sinks: list[Any] = []
     if not args.no_midi:
@@ -336,7 +382,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sinks.append(MidiFileSink(Path(args.mid)))
     pipeline = LivePipeline(
         settings,
-        LSLSource(settings.stream),
+        _live_source(settings),
         sinks,
         record_root=settings.record.dir,
         duration=args.duration,
@@ -525,13 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also replay it live through LSL to a MIDI port (virtual if none exists).",
     )
     p.add_argument("--midi-port", metavar="NAME", help="MIDI output port for the live playback.")
+    p.add_argument(
+        "--board",
+        metavar="NAME",
+        help="With --live: play a BrainFlow board live instead of the replayed recording (synthetic: no hardware).",
+    )
     _add_midi_clock(p)
     _add_config(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
         "run",
-        help="Play a live LSL stream (a headset, or `brainharmonic replay`) to a MIDI port, recording the session.",
+        help="Play a live LSL stream (a headset, or `brainharmonic replay`) or a BrainFlow board (--board) to a MIDI "
+        "port, recording the session.",
     )
     p.add_argument("--stream", metavar="NAME", help="LSL stream name.")
     p.add_argument("--type", help="LSL stream type (e.g. EEG).")
@@ -544,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="Write a session folder under DIR.")
     p.add_argument("--mid", metavar="OUT.mid", help="Also write the notes to a MIDI file.")
     p.add_argument("--duration", type=float, metavar="S", help="Stop after S seconds.")
+    p.add_argument(
+        "--channels",
+        metavar='"1=Fz,2=C3,..."',
+        help="Name and pick channels (1-based index = name; unnamed channels are dropped).",
+    )
+    _add_lazy(p, "brainharmonic_rt.sources.brainflow", "add_board_arguments")
     _add_midi_clock(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")

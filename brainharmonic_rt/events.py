@@ -86,7 +86,6 @@ class ChannelQuality:
 
     line_noise : mains power (±1 Hz around 50 and 60 Hz) / power in 1-40 Hz (0 = none; > 1: mains dominates).
     range_uv : peak-to-peak amplitude of the raw signal in µV (None when the stream's units are unknown).
-    impedance : electrode impedance as the board reports it, in its units (None when it reports none).
     verdict : "good", "noisy" (line noise or range above their limits) or the channel
         health verdict ("nan", "flat", "railing").
     """
@@ -94,7 +93,6 @@ class ChannelQuality:
     name: str
     line_noise: float
     range_uv: float | None
-    impedance: float | None
     verdict: str
 
 

@@ -280,6 +280,7 @@ class LivePipeline:
         self.clock_in: ClockFollower | None = None  #: the incoming MIDI clock followed (output.clock_in)
         self._queue: WindowQueue | None = None
         self._last_state: BrainState | None = None
+        self.quality: dict[str, dict[str, Any]] = {}  #: the latest per-channel quality report
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the run to end (thread-safe only via loop.call_soon_threadsafe)."""
@@ -307,6 +308,8 @@ class LivePipeline:
                 recorder = self.recorder = SessionRecorder(self.record_root, self.settings, self.source.info)
                 recorder.__enter__()
                 log.info("recording session to %s", recorder.folder)
+                for notice in engine.notices:
+                    recorder.event("notice", message=notice)
             try:
                 async with Scheduler(self.sinks, realtime=True) as scheduler:
                     self.scheduler = scheduler
@@ -364,6 +367,8 @@ class LivePipeline:
                     if self.recorder is not None:
                         self.recorder.write_chunk(chunk)
                     for window in engine.windows(chunk):
+                        if window.quality is not None:
+                            self._on_quality(window)
                         self._queue.put(window)
                 break
             except StreamLostError as exc:
@@ -403,6 +408,17 @@ class LivePipeline:
             for listener in self.listeners:
                 listener(state, notes)
 
+    def _on_quality(self, window: Window) -> None:
+        """A quality report (once per ``[quality] interval``): kept for telemetry and recorded."""
+        from .signal.quality import quality_record
+
+        assert window.quality is not None
+        impedance = self.source.stats().get("impedance", {})
+        channels = {q.name: quality_record(q) | {"impedance": impedance.get(q.name)} for q in window.quality}
+        self.quality = channels
+        if self.recorder is not None:
+            self.recorder.write_quality({"t": round(window.t_end, 3), "channels": channels})
+
     def snapshot(self) -> dict[str, Any]:
         """Health figures for logs and telemetry."""
         out: dict[str, Any] = {
@@ -419,6 +435,12 @@ class LivePipeline:
             out["source"] = stats()
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.stats()
+        if self.engine is not None:
+            out["quality"] = self.quality
+            out["notices"] = list(self.engine.notices)
+            detector = self.engine.chain.inspector.artifacts if self.engine.chain.inspector is not None else None
+            if detector is not None:
+                out["artifacts"] = dict(detector.counts)
         return out
 
     # ------------------------------------------------------------------ live control hooks

@@ -8,7 +8,8 @@ work, not a window's):
 * **line noise**: mains power (±1 bin around 50 and 60 Hz) over 1-40 Hz power: a loose or dry electrode
   picks up the mains long before its EEG looks wrong;
 * **range**: peak-to-peak amplitude in µV (when the stream's units are known);
-* **impedance**, when the board reports it (BrainFlow resistance channels), in the board's units.
+
+(Electrode impedance, where a board reports it, comes from the source: see ``BrainFlowSource.stats``.)
 
 Figures are accumulated over ``[quality] interval`` seconds and reported once per interval; a channel is
 ``"noisy"`` above ``line_noise_max`` or ``range_max_uv``, else ``"good"``, unless its health verdict
@@ -85,7 +86,6 @@ class QualityMonitor:
         self._eeg = np.zeros(n)
         self._range = np.zeros(n)
         self._hops = 0
-        self.impedance: dict[str, float] = {}
         self.latest: tuple[ChannelQuality, ...] = ()
 
     def reset(self) -> None:
@@ -124,8 +124,7 @@ class QualityMonitor:
             if verdict is None:
                 noisy = line[i] > s.line_noise_max or (r is not None and r > s.range_max_uv)
                 verdict = "noisy" if noisy else "good"
-            imp = self.impedance.get(name)
-            out.append(ChannelQuality(name, round(float(line[i]), 4), r, imp, verdict))
+            out.append(ChannelQuality(name, round(float(line[i]), 4), r, verdict))
         return tuple(out)
 
 
@@ -200,4 +199,4 @@ class WindowInspector:
 
 def quality_record(q: ChannelQuality) -> dict[str, float | str | None]:
     """One channel's quality as a JSON-ready dict (telemetry, quality.jsonl)."""
-    return {"line_noise": q.line_noise, "range_uv": q.range_uv, "impedance": q.impedance, "verdict": q.verdict}
+    return {"line_noise": q.line_noise, "range_uv": q.range_uv, "verdict": q.verdict}

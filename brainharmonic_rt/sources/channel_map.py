@@ -107,4 +107,10 @@ class MappedSource:
         await reconnect()
 
     def stats(self) -> dict[str, Any]:
-        return self.source.stats()
+        out = self.source.stats()
+        if "impedance" in out:  # per channel of the source: under the new names, named channels only
+            old = self.source.info.ch_names
+            out["impedance"] = {
+                new: out["impedance"][old[i]] for i, new in self.map.names.items() if old[i] in out["impedance"]
+            }
+        return out
