@@ -3,7 +3,8 @@
 :class:`ChannelHealth` (``preprocess.py``) already judges every window's raw samples for non-finite,
 flat and railing channels; that verdict is not recomputed here, it is carried into the quality report.
 What this module adds, from the raw samples of the newest hop only (so a window costs a hop's worth of
-work, not a window's):
+work, not a window's; above 800 Hz only every k-th sample, at >= 400 Hz: the figures end at 100 Hz and
+an amplifier's own anti-alias filter sits far above that):
 
 * **line noise**: mains power (±1 bin around 50 and 60 Hz) over 1-40 Hz power: a loose or dry electrode
   picks up the mains long before its EEG looks wrong;
@@ -33,6 +34,7 @@ _MICROVOLTS = {"V": 1e6, "mV": 1e3, "uV": 1.0, "µV": 1.0, "μV": 1.0, "nV": 1e-
 #: Peak-to-peak ranges beyond this (µV) mean the units are not what the stream says.
 IMPLAUSIBLE_UV = 1e6
 EEG_BAND = (1.0, 40.0)
+SPECTRUM_RATE = 400.0  #: Hz: raw hops at higher rates are looked at every k-th sample (EMG ends at 100 Hz)
 
 
 def microvolts_per_unit(units: str) -> float | None:
@@ -145,7 +147,8 @@ class WindowInspector:
     ) -> None:
         self.info = info
         self.n_hop = n_hop
-        self.spectrum = HopSpectrum(info.sfreq, n_hop)
+        self._step = max(1, int(info.sfreq // SPECTRUM_RATE))
+        self.spectrum = HopSpectrum(info.sfreq / self._step, -(-n_hop // self._step))
         hops = max(1, -(-n_window // n_hop))
         self.quality = (
             QualityMonitor(info, quality, round(quality.interval * info.sfreq / n_hop)) if quality.enabled else None
@@ -184,7 +187,7 @@ class WindowInspector:
         x = raw_hop
         if bad_map:  # non-finite samples only ever sit in bad channels: zero them for the FFT
             x = np.where(np.isfinite(raw_hop), raw_hop, 0.0)
-        bands = self.spectrum.bands(x)
+        bands = self.spectrum.bands(x[:, :: self._step] if self._step > 1 else x)
         report = None
         if self.quality is not None:
             report = self.quality.add(bands, x.max(axis=1) - x.min(axis=1), bad_map)
