@@ -92,12 +92,17 @@ def main() -> None:
     dist_off: dict[str, list[float]] = {"blink": [], "clench": []}
     offset = 0.0
     cost: list[float] = []
+    natural: list[float] = []
     for s in subjects:
         for part in (1, 2):
             path = Path(root) / f"Subject{s:02d}_{part}.edf"
             src = open_recordings([path])
             info, data = src.info, np.asarray(src.data)
             found_clean, clean_on = run_detector(info, data, on)
+            hops = round(on.signal.window / on.signal.hop)  # how far z drifts by itself over one window length
+            z = clean_on["z"].get("frontal")
+            if z is not None and z.size > hops:
+                natural.append(float(np.median(np.abs(z[hops:] - z[:-hops]))))
             for k, _ in found_clean:
                 clean_counts[k] += 1
             clean_minutes += data.shape[1] / info.sfreq / 60
@@ -138,6 +143,10 @@ def main() -> None:
                 f"brain state during {kind}s ({key} z, median |dirty - clean| over touched windows, median over "
                 f"recordings): hold off {np.median(dist_off[kind]):.3f}, hold on {np.median(dist_on[kind]):.3f}"
             )
+    print(
+        f"for scale: frontal theta z moves by itself by a median {np.median(natural):.3f} over one window length "
+        "(clean recordings)"
+    )
     print(f"detector run time per recording (whole chain, {CHUNK}-sample chunks): median {np.median(cost):.2f} s")
 
 

@@ -103,7 +103,7 @@ def test_headsets_without_frontal_or_temporal_channels(eegmat_dir: Path) -> None
 
 async def test_gestures_play_percussion_when_enabled(eegmat_dir: Path) -> None:
     src = open_recordings([eegmat_dir / "Subject00_1.edf"], seconds=90)
-    dirty, injected = add_artifacts(np.asarray(src.data), src.info.sfreq, src.info.ch_names, seed=5)
+    dirty, _ = add_artifacts(np.asarray(src.data), src.info.sfreq, src.info.ch_names, seed=5)
     quiet = await render(load_settings(), ArraySource(src.info, dirty))
     assert not [n for n in quiet.notes if n.instrument == "gestures"]
     settings = load_settings(gestures={"enabled": True, "blink": "cymbal", "clench": "fill"})

@@ -8,8 +8,8 @@ names gets ``ch1..chN``: name them with ``--channels``). BrainFlow scales EEG to
 ``"uV"``.
 
 Same contract as :class:`~brainharmonic_rt.sources.lsl.LSLSource`: a reader thread polls the board every
-``POLL`` s (BrainFlow has no blocking read), hands each block to the event loop with
-``call_soon_threadsafe`` into a queue bounded in seconds (oldest dropped), raises
+``POLL`` s (BrainFlow has no blocking read), hands each block to the event loop through the same
+:class:`~.handoff.Handoff` (a queue bounded in seconds, oldest dropped), raises
 :class:`~brainharmonic_rt.errors.StreamLostError` after ``stream.lost_after`` s without samples, and
 :meth:`BrainFlowSource.reconnect` waits, retrying, until the board can be opened again.
 
@@ -36,12 +36,12 @@ import numpy as np
 from ..config import BoardSettings, StreamSettings
 from ..errors import ConfigError, StreamError, StreamLostError
 from ..events import Chunk, SignalInfo
+from .handoff import Handoff
 
 POLL = 0.002  # s between polls of the board's ring buffer (BrainFlow has no blocking read)
 RING = 45_000  # samples BrainFlow keeps between polls
 CLOCK_SPAN = 10.0  # s over which the least-delayed block sets the clock offset
 RETRY = 1.0  # s between attempts to reopen a board after a loss
-_Block = tuple[np.ndarray, np.ndarray, float]
 
 
 def _brainflow() -> Any:
@@ -215,20 +215,14 @@ class BrainFlowSource:
         self._entered = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Chunk | BaseException] | None = None
+        self._handoff = Handoff()
         self._board: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pending: collections.deque[_Block | BaseException] = collections.deque()
-        self._scheduled = False
-        self._queued_samples = 0
-        self._max_queued = 1
         self._rate_marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=12)
         self._clock = _ClockMap()
         self._impedance: dict[str, float] = {}
         self._n_samples = 0
-        self._n_chunks = 0
-        self._n_dropped = 0
         self._n_reconnects = 0
         self._rows: tuple[np.ndarray, int | None, np.ndarray | None] = (np.zeros(0, dtype=np.intp), None, None)
 
@@ -274,16 +268,10 @@ class BrainFlowSource:
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Yield chunks as they arrive; raise StreamLostError when the board stops sending."""
-        if self._queue is None or self._closed:
+        if not self._handoff.open or self._closed:
             raise RuntimeError("BrainFlowSource.chunks() needs an open source: use `async with BrainFlowSource(...)`.")
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                queue.put_nowait(item)  # raised again by a second chunks() until reconnect()
-                raise item
-            self._queued_samples -= item.n_samples
-            yield item
+        async for chunk in self._handoff.chunks():  # an error stays in place until reconnect()
+            yield chunk
 
     async def reconnect(self) -> None:
         """Release the board, then try to open it again every ``RETRY`` s (cancellable, forever)."""
@@ -306,11 +294,11 @@ class BrainFlowSource:
             rate = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
         out: dict[str, Any] = {
             "samples": self._n_samples,
-            "chunks": self._n_chunks,
-            "dropped_chunks": self._n_dropped,
+            "chunks": self._handoff.n_chunks,
+            "dropped_chunks": self._handoff.n_dropped,
             "reconnects": self._n_reconnects,
             "rate": rate,
-            "queued_samples": self._queued_samples,
+            "queued_samples": self._handoff.queued_samples,
         }
         if self._impedance:
             out["impedance"] = dict(self._impedance)
@@ -335,11 +323,8 @@ class BrainFlowSource:
         board = await asyncio.to_thread(self._prepare)
         info = self.info
         self._board = board
-        self._queue = asyncio.Queue()
-        self._pending.clear()
-        self._scheduled = False
-        self._queued_samples = 0
-        self._max_queued = max(1, round(self.max_queue_seconds * info.sfreq))
+        assert self._loop is not None
+        self._handoff.reset(self._loop, round(self.max_queue_seconds * info.sfreq))
         self._rate_marks.clear()
         self._clock.reset()
         self._stop = threading.Event()
@@ -398,52 +383,9 @@ class BrainFlowSource:
                 self._n_samples += n
                 if not self._rate_marks or now - self._rate_marks[-1][0] >= 0.5:
                     self._rate_marks.append((now, self._n_samples))
-                self._hand_over((data, stamps, now))
+                self._handoff.put((data, stamps, now))
         except BaseException as exc:  # forwarded to the loop, never swallowed
-            self._hand_over(exc)
-
-    def _hand_over(self, item: _Block | BaseException) -> None:
-        self._pending.append(item)
-        if not self._scheduled:
-            self._scheduled = True
-            loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                    loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        """Move pending blocks into the queue as one chunk; drop the oldest beyond the bound."""
-        self._scheduled = False
-        queue = self._queue
-        if queue is None:
-            return
-        blocks: list[_Block] = []
-        error: BaseException | None = None
-        while self._pending:
-            item = self._pending.popleft()
-            if isinstance(item, BaseException):
-                error = item
-                break
-            blocks.append(item)
-        if blocks:
-            if len(blocks) == 1:
-                data, ts, _ = blocks[0]
-            else:
-                data = np.concatenate([b[0] for b in blocks], axis=1)
-                ts = np.concatenate([b[1] for b in blocks])
-            chunk = Chunk(data, ts, received=blocks[-1][2])
-            queue.put_nowait(chunk)
-            self._n_chunks += 1
-            self._queued_samples += chunk.n_samples
-            while self._queued_samples > self._max_queued and queue.qsize() > 1:
-                old = queue.get_nowait()
-                if isinstance(old, BaseException):  # pragma: no cover - errors are always last
-                    queue.put_nowait(old)
-                    break
-                self._queued_samples -= old.n_samples
-                self._n_dropped += 1
-        if error is not None:
-            queue.put_nowait(error)
+            self._handoff.put(exc)
 
 
 def add_board_arguments(p: Any) -> None:
