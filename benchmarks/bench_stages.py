@@ -1,7 +1,10 @@
 """Cost of each in-process stage on one core: signal chain per chunk, brain + composer per window.
 
     python benchmarks/bench_stages.py [--channels 64] [--rate 1000] [--chunk 1] [--seconds 60]
+                                      [--montage generic|1020] [--no-checks]
 Synthetic noise input (the cost does not depend on the content). Quote medians and p99.
+``--montage 1020`` names the channels from the standard 10-05 system (so the blink detector has frontal
+channels to watch); ``--no-checks`` turns quality and artifact detection off, to measure what they cost.
 """
 
 from __future__ import annotations
@@ -24,12 +27,25 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--chunk", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--montage", choices=["generic", "1020"], default="generic")
+    ap.add_argument("--no-checks", action="store_true", help="[quality] and [artifacts] off")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    header(f"stage costs, {args.channels} ch @ {args.rate:g} Hz, chunks of {args.chunk} sample(s), one core")
-    info = SignalInfo("bench", args.rate, tuple(f"E{i + 1}" for i in range(args.channels)))
-    engine = Engine(info, load_settings(signal={"baseline": 5.0}))
+    checks = "off" if args.no_checks else "on"
+    header(
+        f"stage costs, {args.channels} ch @ {args.rate:g} Hz, chunks of {args.chunk} sample(s), one core, "
+        f"{args.montage} names, quality + artifact checks {checks}"
+    )
+    names = tuple(f"E{i + 1}" for i in range(args.channels))
+    if args.montage == "1020":
+        import mne
+
+        pool = [n for n in mne.channels.make_standard_montage("standard_1005").ch_names if n[0] != "M"]
+        names = tuple(pool[: args.channels])
+    info = SignalInfo("bench", args.rate, names)
+    enabled = {"enabled": not args.no_checks}
+    engine = Engine(info, load_settings(signal={"baseline": 5.0}, quality=enabled, artifacts=enabled))
     rng = np.random.default_rng(0)
     block = 1e-5 * rng.standard_normal((args.channels, int(args.rate)))
     plain, completing, compose = [], [], []

@@ -100,8 +100,25 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tu
     bids = None
     if getattr(args, "subject", None) is not None:
         bids = BIDSSelector(root=first, subject=args.subject, session=args.session, task=args.task, run=args.run)
-    source = open_recordings(paths, bids=bids, seconds=args.seconds, start=args.start)
+    source = open_recordings(
+        paths,
+        bids=bids,
+        seconds=args.seconds,
+        start=args.start,
+        channels=_channel_map(args),
+        xdf_stream=getattr(args, "xdf_stream", None),
+    )
     return source, None, list(getattr(source, "markers", []))
+
+
+def _channel_map(args: argparse.Namespace) -> Any:
+    """``--channels`` or ``[signal] channels`` (from --config / the environment) as a ChannelMap, or None."""
+    from .sources.channel_map import maybe_map
+
+    text = getattr(args, "channels", None)
+    if text is None and hasattr(args, "config"):
+        text = _settings(args).signal.channels
+    return maybe_map(text)
 
 
 def _limit(source: Any, args: argparse.Namespace) -> Any:
@@ -257,6 +274,8 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     )
     sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
     out = Path(args.out)
+    if getattr(args, "board", None):
+        return _demo_board(args, settings, sink, out, port)
 
     async def main() -> LivePipeline:
         replay = Replay([rest, task], name="brainharmonic-demo", source_id=sid, seconds=args.seconds)
@@ -282,13 +301,56 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     return 0
 
 
+def _live_source(settings: Settings) -> Any:
+    """The live source the settings name: a BrainFlow board ([board] name) or an LSL stream, seen
+    through ``[signal] channels`` when given."""
+    from .sources.channel_map import MappedSource, maybe_map
+
+    source: Any
+    if settings.board.name is not None:
+        from .sources.brainflow import BrainFlowSource, describe
+
+        describe(settings.board)  # a bad board name or missing parameter fails here, in one sentence
+        source = BrainFlowSource(settings.board, settings.stream)
+    else:
+        from .sources.lsl import LSLSource
+
+        source = LSLSource(settings.stream)
+    mapping = maybe_map(settings.signal.channels)
+    return source if mapping is None else MappedSource(source, mapping)
+
+
+def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Path, port: str | None) -> int:
+    """``demo --live --board NAME``: a BrainFlow board (``synthetic`` needs no hardware) played live."""
+    from .pipeline import LivePipeline
+
+    settings = Settings.model_validate(settings.model_dump() | {"board": {"name": args.board}})
+    pipe = LivePipeline(settings, _live_source(settings), [sink], record_root=out / "sessions", duration=args.seconds)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
+        where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
+        length = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
+        print(f"demo: BrainFlow board '{args.board}' live to {where} {length}")
+        await pipe.run()
+
+    asyncio.run(main())
+    folder = pipe.recorder.folder if pipe.recorder else "-"
+    print(f"demo: live run stopped ({pipe.stats.stopped_by}); session recorded in {folder}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import LivePipeline
     from .sinks.midifile import MidiFileSink
-    from .sources.lsl import LSLSource
+    from .sources.brainflow import board_overrides
 
     sections: dict[str, dict[str, Any]] = {
         "stream": {"name": args.stream, "type": args.type, "source_id": args.source_id, "timeout": args.timeout},
+        "board": board_overrides(args),
+        "signal": {"channels": args.channels},
         "music": _music_overrides(args),
         "output": {
             "midi_port": args.midi_port,
@@ -300,9 +362,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "control": _control_overrides(args),
     }
     settings = _settings(args, **sections)
-    if not (settings.stream.name or settings.stream.type or settings.stream.source_id):
+    if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
         raise BrainharmonicError(
-            "No stream selected; pass --stream NAME (or --type / --source-id); `brainharmonic streams` lists them."
+            "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
+            "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
         )
     sinks: list[Any] = []
     if not args.no_midi:
@@ -319,7 +382,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sinks.append(MidiFileSink(Path(args.mid)))
     pipeline = LivePipeline(
         settings,
-        LSLSource(settings.stream),
+        _live_source(settings),
         sinks,
         record_root=settings.record.dir,
         duration=args.duration,
@@ -361,7 +424,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         bids = BIDSSelector(
             root=Path(args.path), subject=args.subject, session=args.session, task=args.task, run=args.run
         )
-    replay = Replay(Path(args.path), name=args.name, source_id=args.source_id, loop=args.loop, bids=bids)
+    replay = Replay(
+        Path(args.path),
+        name=args.name,
+        source_id=args.source_id,
+        loop=args.loop,
+        bids=bids,
+        channels=_channel_map(args),
+        xdf_stream=args.xdf_stream,
+    )
     replay.serve_forever()
     return 0
 
@@ -446,11 +517,24 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, help="Use at most this many seconds of input.")
     p.add_argument("--start", type=float, default=0.0, help="Skip this many seconds at the start of the input.")
     p.add_argument("--tr", type=float, default=0.72, help="Repetition time (s) of an fMRI .npy input.")
+    _add_channel_options(p)
     bids = p.add_argument_group("BIDS selection (INPUT is a BIDS root)")
     bids.add_argument("--subject", help="BIDS subject label.")
     bids.add_argument("--session", help="BIDS session label.")
     bids.add_argument("--task", help="BIDS task label.")
     bids.add_argument("--run", help="BIDS run label.")
+
+
+def _add_channel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--channels",
+        metavar='"1=Fz,2=C3,..."',
+        help="Name and pick channels (1-based index = name; unnamed channels are dropped); "
+        "also [signal] channels in the config.",
+    )
+    p.add_argument(
+        "--xdf-stream", metavar="NAME", help="XDF input: the EEG stream by name or type (default: the one typed EEG)."
+    )
 
 
 def _add_lazy(p: argparse.ArgumentParser, module: str, func: str) -> None:
@@ -487,13 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also replay it live through LSL to a MIDI port (virtual if none exists).",
     )
     p.add_argument("--midi-port", metavar="NAME", help="MIDI output port for the live playback.")
+    p.add_argument(
+        "--board",
+        metavar="NAME",
+        help="With --live: play a BrainFlow board live instead of the replayed recording (synthetic: no hardware).",
+    )
     _add_midi_clock(p)
     _add_config(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
         "run",
-        help="Play a live LSL stream (a headset, or `brainharmonic replay`) to a MIDI port, recording the session.",
+        help="Play a live LSL stream (a headset, or `brainharmonic replay`) or a BrainFlow board (--board) to a MIDI "
+        "port, recording the session.",
     )
     p.add_argument("--stream", metavar="NAME", help="LSL stream name.")
     p.add_argument("--type", help="LSL stream type (e.g. EEG).")
@@ -506,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="Write a session folder under DIR.")
     p.add_argument("--mid", metavar="OUT.mid", help="Also write the notes to a MIDI file.")
     p.add_argument("--duration", type=float, metavar="S", help="Stop after S seconds.")
+    p.add_argument(
+        "--channels",
+        metavar='"1=Fz,2=C3,..."',
+        help="Name and pick channels (1-based index = name; unnamed channels are dropped).",
+    )
+    _add_lazy(p, "brainharmonic_rt.sources.brainflow", "add_board_arguments")
     _add_midi_clock(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
@@ -516,11 +612,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("replay", help="Serve a recording (EDF/BDF/FIF/BrainVision/EEGLAB/BIDS) as a live LSL stream.")
+    p = sub.add_parser(
+        "replay", help="Serve a recording (EDF/BDF/FIF/BrainVision/EEGLAB/XDF/BIDS) as a live LSL stream."
+    )
     p.add_argument("path", metavar="PATH", help="Recording file, or BIDS root with --subject/--task ...")
     p.add_argument("--name", default="brainharmonic-replay", help="LSL stream name.")
     p.add_argument("--source-id", help="LSL source_id (default: derived from the name).")
     p.add_argument("--loop", action="store_true", help="Start again at the end, forever.")
+    _add_channel_options(p)
+    _add_config(p)
     bids = p.add_argument_group("BIDS selection")
     bids.add_argument("--subject")
     bids.add_argument("--session")

@@ -58,6 +58,95 @@ class StreamSettings(_Section):
     reconnect: bool = Field(True, description="Reconnect by itself when a lost stream returns.")
 
 
+def parse_channels(text: str) -> dict[int, str]:
+    """``"1=Fz,2=C3,3=Cz"`` → {0: "Fz", 1: "C3", 2: "Cz"} (1-based indices in, 0-based out).
+
+    Raises ValueError with the offending part when the text is not ``INDEX=NAME`` pairs with distinct
+    positive indices and distinct, non-empty names.
+    """
+    out: dict[int, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        index, sep, name = (s.strip() for s in part.partition("="))
+        if not sep or not index.isdigit() or int(index) < 1 or not name:
+            raise ValueError(f"channels entry {part!r} is not INDEX=NAME with a 1-based index (e.g. '1=Fz,2=C3')")
+        if int(index) - 1 in out:
+            raise ValueError(f"channels gives index {index} twice")
+        if name in out.values():
+            raise ValueError(f"channels gives the name {name!r} twice")
+        out[int(index) - 1] = name
+    if not out:
+        raise ValueError("channels is empty; write e.g. '1=Fz,2=C3,3=Cz'")
+    return out
+
+
+class BoardSettings(_Section):
+    """A BrainFlow board read directly (``run --board NAME``) instead of an LSL stream."""
+
+    name: str | None = Field(
+        None,
+        description="BrainFlow board: a BoardIds name without _BOARD (synthetic, cyton, ganglion, muse_s, unicorn, "
+        "playback_file, ...) or its number.",
+    )
+    serial_port: str | None = Field(None, description="Serial port of the dongle (e.g. /dev/ttyUSB0, COM3).")
+    mac_address: str | None = Field(None, description="Bluetooth MAC address (boards found by BLE otherwise).")
+    ip_address: str | None = Field(None, description="IP address of a Wi-Fi board or a streaming board.")
+    ip_port: Annotated[int, Field(ge=0, le=65535)] = Field(0, description="IP port (0 = the board's default).")
+    serial_number: str | None = Field(None, description="Serial number / device name (Muse, Unicorn, Neurosity).")
+    file: Path | None = Field(None, description="Recording replayed by the playback_file board.")
+    master_board: str | None = Field(
+        None, description="Board that made the recording (playback_file and streaming boards), by name or number."
+    )
+    other_info: str | None = Field(None, description="Board-specific extra parameter (see BrainFlow's docs).")
+    timeout: Annotated[int, Field(ge=0, le=600)] = Field(
+        0, description="Seconds BrainFlow may search for a Bluetooth board (0 = its default)."
+    )
+
+
+class QualitySettings(_Section):
+    """Per-channel signal quality: computed on the raw samples of each hop, reported every interval."""
+
+    enabled: bool = Field(True, description="Compute per-channel quality for telemetry and the session recording.")
+    interval: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0, description="Seconds between quality reports (figures cover the hops since the previous one)."
+    )
+    line_noise_max: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Mains power / 1-40 Hz power above which a channel is 'noisy'."
+    )
+    range_max_uv: Annotated[float, Field(gt=0)] = Field(
+        1000.0, description="Peak-to-peak µV (of the raw, unfiltered samples) above which a channel is 'noisy'."
+    )
+
+
+class ArtifactSettings(_Section):
+    """Blink and jaw-clench detection; what they touch holds its last clean band powers."""
+
+    enabled: bool = Field(True, description="Detect blinks (frontal) and jaw clenches (temporal EMG).")
+    blink_threshold: Annotated[float, Field(gt=1, le=100)] = Field(
+        5.0, description="A frontal deflection this many times the channel's typical one is a blink."
+    )
+    blink_ratio: Annotated[float, Field(ge=1, le=100)] = Field(
+        2.0, description="A blink is this many times larger at the front than at the back of the head."
+    )
+    clench_threshold: Annotated[float, Field(gt=1, le=10_000)] = Field(
+        10.0, description="20-100 Hz power this many times the channel's typical power is a clench."
+    )
+    history: Annotated[float, Field(ge=2, le=600)] = Field(
+        20.0, description="Seconds of clean signal over which the typical deflection and EMG power are estimated."
+    )
+
+
+class GestureSettings(_Section):
+    """Blinks and clenches as musical gestures on the GM percussion channel (off by default)."""
+
+    enabled: bool = Field(False, description="Turn detected blinks and clenches into percussion.")
+    blink: Literal["accent", "cymbal", "fill", "none"] = Field("cymbal", description="What a blink plays.")
+    clench: Literal["accent", "cymbal", "fill", "none"] = Field("fill", description="What a jaw clench plays.")
+    velocity: Annotated[int, Field(ge=1, le=127)] = Field(100, description="Velocity of the gesture's loudest hit.")
+    channel: MidiChannel = Field(9, description="MIDI channel (0-based; 9 is GM percussion).")
+
+
 class BandSettings(_Section):
     """Frequency bands (Hz) whose power drives the music."""
 
@@ -107,6 +196,18 @@ class SignalSettings(_Section):
     fallback_groups: Annotated[int, Field(ge=1, le=16)] = Field(
         4, description="Number of even groups when channel names are not 10-20/10-10 names."
     )
+    channels: str | None = Field(
+        None,
+        description="Name and pick channels of any input: '1=Fz,2=C3,3=Cz' (1-based index = name; unnamed "
+        "channels are dropped).",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_parse(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_channels(v)
+        return v
 
     @field_validator("bandpass")
     @classmethod
@@ -372,10 +473,14 @@ class Settings(BaseSettings):
     )
 
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    board: BoardSettings = Field(default_factory=BoardSettings)
     signal: SignalSettings = Field(default_factory=SignalSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     bands: BandSettings = Field(default_factory=BandSettings)
     music: MusicSettings = Field(default_factory=MusicSettings)
     harmony: HarmonySettings = Field(default_factory=HarmonySettings)
+    gestures: GestureSettings = Field(default_factory=GestureSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)

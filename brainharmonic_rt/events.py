@@ -66,6 +66,38 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class ArtifactEvent:
+    """A blink or a jaw clench, reported once, in the window whose newest hop holds its onset.
+
+    kind : "blink" or "clench".
+    t : session time (s) of the end of the hop in which it was first seen.
+    channels : names of the channels it reached.
+    strength : how far above its detection threshold it went (1.0 = at the threshold).
+    """
+
+    kind: str
+    t: float
+    channels: tuple[str, ...]
+    strength: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelQuality:
+    """Contact quality of one channel over the last quality interval (see ``signal/quality.py``).
+
+    line_noise : mains power (±1 Hz around 50 and 60 Hz) / power in 1-40 Hz (0 = none; > 1: mains dominates).
+    range_uv : peak-to-peak amplitude of the raw signal in µV (None when the stream's units are unknown).
+    verdict : "good", "noisy" (line noise or range above their limits) or the channel
+        health verdict ("nan", "flat", "railing").
+    """
+
+    name: str
+    line_noise: float
+    range_uv: float | None
+    verdict: str
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """A preprocessed sliding window.
 
@@ -75,6 +107,9 @@ class Window:
     bad : indices of channels excluded from this window, with a reason each.
     received : ``time.monotonic()`` when the chunk holding the last sample arrived (None offline):
         processing latency is measured from here, never from the source's timestamps.
+    artifacts : indices of channels touched by a blink or clench somewhere in this window, with the kind.
+    events : artifacts whose onset lies in this window's newest hop (each reported once).
+    quality : per-channel contact quality, on the windows that close a quality interval (else None).
     """
 
     index: int
@@ -83,6 +118,9 @@ class Window:
     stamp: float
     bad: tuple[tuple[int, str], ...] = ()
     received: float | None = None
+    artifacts: tuple[tuple[int, str], ...] = ()
+    events: tuple[ArtifactEvent, ...] = ()
+    quality: tuple[ChannelQuality, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 2:
@@ -98,6 +136,8 @@ class GroupState:
     n_good : channels of the group that were good in this window; 0 flags a group with no signal,
         whose ``power`` holds its last good value, ``z`` is 0 and ``latent`` is None.
     latent : learned latent for the group, when an encoder is loaded and a channel was good.
+    held : the artifact kind ("blink", "clench") for which some of the group's channels hold their last
+        clean band powers in this window (empty when every channel is fresh).
 
     Every number is finite (checked here): no NaN leaves the brain stage.
     """
@@ -107,6 +147,7 @@ class GroupState:
     z: dict[str, float]
     n_good: int
     latent: np.ndarray | None = None
+    held: str = ""
 
     def __post_init__(self) -> None:
         for what, values in (("power", self.power), ("z", self.z)):
@@ -133,6 +174,8 @@ class BrainState:
     bad: tuple[tuple[str, str], ...] = ()
     token: int | None = None
     latent: np.ndarray | None = None
+    artifacts: tuple[tuple[str, str], ...] = ()  #: (channel, kind) touched by a blink or clench in this window
+    events: tuple[ArtifactEvent, ...] = ()  #: artifacts first seen in this window (for musical gestures)
 
     def __post_init__(self) -> None:
         if self.latent is not None and not np.isfinite(self.latent).all():

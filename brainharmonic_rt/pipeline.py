@@ -52,7 +52,7 @@ class Engine:
 
         self.info = info
         self.settings = settings
-        self.chain = SignalChain(info, settings.signal)
+        self.chain = SignalChain(info, settings.signal, settings.quality, settings.artifacts)
         self.brain: Any
         if settings.music.mode == "learned":
             # The learned encoder adds a latent vector and a brain token to every brain state.
@@ -75,6 +75,14 @@ class Engine:
             )
         else:
             self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
+        self.composer.gestures = settings.gestures
+        from .signal.channels import fallback_notice
+
+        #: one-line remarks about this input a person should see (log, telemetry, session events)
+        notice = None if info.stype == "fMRI" else fallback_notice(info.name, info.ch_names, self.brain.groups)
+        self.notices: list[str] = [notice] if notice is not None else []
+        for notice in self.notices:
+            log.warning("%s", notice)
         self._composed_until: float | None = None
         self.mode: str = settings.music.mode
         # Everything built so far (models, MNE, the signal chain) lives for the whole run: take it out of the
@@ -132,6 +140,8 @@ class Engine:
         if self._composed_until is not None:
             start = max(start, self._composed_until)
         notes = self.composer.compose(state, start, end) if end > start else []
+        if state.events:
+            notes += self.composer.gesture_notes(state, start)
         self._composed_until = max(end, self._composed_until or end)
         return state, notes
 
@@ -282,6 +292,7 @@ class LivePipeline:
         self._last_state: BrainState | None = None
         self._signal_ok: bool | None = None  # whether the latest window had any good channel
         self._silent_groups: frozenset[str] = frozenset()  # groups without a good channel in the latest window
+        self.quality: dict[str, dict[str, Any]] = {}  #: the latest per-channel quality report
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the run to end (thread-safe only via loop.call_soon_threadsafe)."""
@@ -309,6 +320,8 @@ class LivePipeline:
                 recorder = self.recorder = SessionRecorder(self.record_root, self.settings, self.source.info)
                 recorder.__enter__()
                 log.info("recording session to %s", recorder.folder)
+                for notice in engine.notices:
+                    recorder.event("notice", message=notice)
             try:
                 async with Scheduler(self.sinks, realtime=True) as scheduler:
                     self.scheduler = scheduler
@@ -370,6 +383,8 @@ class LivePipeline:
                     if self.recorder is not None:
                         self.recorder.write_chunk(chunk)
                     for window in engine.windows(chunk):
+                        if window.quality is not None:
+                            self._on_quality(window)
                         self._queue.put(window)
                 break
             except StreamLostError as exc:
@@ -440,6 +455,17 @@ class LivePipeline:
         if ok:
             self._silent_groups = silent
 
+    def _on_quality(self, window: Window) -> None:
+        """A quality report (once per ``[quality] interval``): kept for telemetry and recorded."""
+        from .signal.quality import quality_record
+
+        assert window.quality is not None
+        impedance = self.source.stats().get("impedance", {})
+        channels = {q.name: quality_record(q) | {"impedance": impedance.get(q.name)} for q in window.quality}
+        self.quality = channels
+        if self.recorder is not None:
+            self.recorder.write_quality({"t": round(window.t_end, 3), "channels": channels})
+
     def snapshot(self) -> dict[str, Any]:
         """Health figures for logs and telemetry."""
         out: dict[str, Any] = {
@@ -457,6 +483,12 @@ class LivePipeline:
             out["source"] = stats()
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.stats()
+        if self.engine is not None:
+            out["quality"] = self.quality
+            out["notices"] = list(self.engine.notices)
+            detector = self.engine.chain.inspector.artifacts if self.engine.chain.inspector is not None else None
+            if detector is not None:
+                out["artifacts"] = dict(detector.counts)
         return out
 
     # ------------------------------------------------------------------ live control hooks

@@ -9,7 +9,8 @@ Layout of a session folder::
     states.jsonl    one line per window: session time, band powers, z-scores, bad channels, token
     notes.jsonl     one line per note played (its note_on went out): music time, duration, pitch, velocity,
                     channel, instrument; notes composed but cancelled by a live change are not here
-    events.jsonl    start / stop, stream lost / back, no signal / signal back, silent channel groups, ...
+    events.jsonl    start / stop, stream lost / back, no signal / signal back, silent channel groups, notices
+    quality.jsonl   per-channel signal quality, one line per quality interval (``[quality] interval``)
     notes.mid       the notes as a MIDI file (written on close; `render` rebuilds it after a crash)
 
 Every file is written without user-space buffering (one write per chunk or line), so after ``kill -9``
@@ -78,7 +79,7 @@ class SessionRecorder:
         (self.folder / "eeg.json").write_text(json.dumps(meta, indent=1))
         self._files["eeg"] = open(self.folder / "eeg.f32", "ab", buffering=0)
         self._files["times"] = open(self.folder / "eeg_times.f64", "ab", buffering=0)
-        for kind in ("states", "notes", "events"):
+        for kind in ("states", "notes", "events", "quality"):
             self._files[kind] = open(self.folder / f"{kind}.jsonl", "a", buffering=1)
         self.event("start", folder=str(self.folder))
         return self
@@ -102,6 +103,9 @@ class SessionRecorder:
         }
         if state.bad:
             rec["bad"] = [list(b) for b in state.bad]
+        if state.artifacts:
+            rec["artifacts"] = [list(a) for a in state.artifacts]
+            rec["held"] = {g.name: g.held for g in state.groups if g.held}
         if state.token is not None:
             rec["token"] = state.token
         if state.latent is not None:
@@ -116,6 +120,10 @@ class SessionRecorder:
         fh = self._files["notes"]
         for n in notes:
             fh.write(json.dumps(note_record(n)) + "\n")
+
+    def write_quality(self, record: dict[str, Any]) -> None:
+        """One quality report: {"t": session time, "channels": {name: {line_noise, range_uv, ..., verdict}}}."""
+        self._files["quality"].write(json.dumps(record, allow_nan=False) + "\n")
 
     def event(self, kind: str, **fields: Any) -> None:
         if "events" in self._files:

@@ -10,6 +10,7 @@ from ..config import BandSettings, SignalSettings
 from ..events import BrainState, GroupState, SignalInfo, Window
 from ..signal.channels import group_channels
 from .bandpower import BandPower, check_bands, decimation_step
+from .hold import ArtifactHold
 from .normalize import BaselineNormalizer
 
 POWER_FLOOR = 1e-30  # log10 of an all-zero channel would be -inf
@@ -38,7 +39,8 @@ class ClassicBrain:
         self._step = decimation_step(info.sfreq, signal.bandpass, self.bands)
         self._bandpower: dict[int, BandPower] = {n_window: BandPower(info.sfreq, n_window, self.bands, step=self._step)}
         self.normalizer = BaselineNormalizer(signal.baseline, signal.adapt, signal.z_clip)
-        self._held = np.zeros((len(self.groups), len(self.band_names)))  # last good log power per group
+        self._last_power = np.zeros((len(self.groups), len(self.band_names)))  # last good log power per group
+        self.hold = ArtifactHold(len(used), len(self.band_names))
         self._last_bad: tuple[tuple[str, str], ...] = ()
         self.n_windows = 0
 
@@ -57,6 +59,8 @@ class ClassicBrain:
             row = self._pos.get(ch)
             if row is not None:
                 good[row] = False
+        touched = {self._pos[ch]: kind for ch, kind in window.artifacts if ch in self._pos}
+        held = self.hold.apply(power, good, touched)
         n_groups, n_bands = len(self._group_rows), len(self.band_names)
         logp = np.full((n_groups, n_bands), np.nan)
         n_good = np.zeros(n_groups, dtype=int)
@@ -68,14 +72,15 @@ class ClassicBrain:
         calibrating = self.normalizer.calibrating
         z = self.normalizer.update(window.t_end, logp.ravel()).reshape(n_groups, n_bands)
         ok = n_good > 0
-        self._held[ok] = logp[ok]  # a group without signal reports its last good power (flagged by n_good 0)
-        logp = self._held
+        self._last_power[ok] = logp[ok]  # a group without signal reports its last good power (n_good 0 flags it)
+        logp = self._last_power
         groups = tuple(
             GroupState(
                 name=name,
                 power=dict(zip(self.band_names, map(float, logp[g]), strict=True)),
                 z=dict(zip(self.band_names, map(float, z[g]), strict=True)),
                 n_good=int(n_good[g]),
+                held=self.hold.group_kind(held, self._group_rows[g]),
             )
             for g, name in enumerate(self.groups)
         )
@@ -88,6 +93,8 @@ class ClassicBrain:
             groups=groups,
             calibrating=calibrating,
             bad=self._last_bad,
+            artifacts=tuple((self.info.ch_names[ch], kind) for ch, kind in window.artifacts),
+            events=window.events,
         )
 
     def stats(self) -> dict[str, Any]:
@@ -97,4 +104,5 @@ class ClassicBrain:
             "baseline": self.normalizer.stats(),
             "groups": {name: [self.info.ch_names[i] for i in idx] for name, idx in self.groups.items()},
             "bad": dict(self._last_bad),
+            "held": self.hold.held,
         }

@@ -348,6 +348,8 @@ class LearnedBrain:
         self.n_encoded = 0
         self.n_skipped = 0
         self._last_token: int | None = None
+        self._held: list[np.ndarray | None] = [None] * len(self._group_names)  # last clean latent per group
+        self._held_global: tuple[np.ndarray, int] | None = None  # last clean global latent and token
         log.info(
             "encoder %s (v%s, %s) on %d channels, resampling: %s",
             self.model.model.path.name,
@@ -360,6 +362,8 @@ class LearnedBrain:
     def process(self, window: Window) -> BrainState:
         """Band powers (classic) and learned latents of one preprocessed window."""
         state = self.classic.process(window)
+        if window.artifacts:  # touched channels feed neither the encoder nor its amplitude baseline
+            window = dataclasses.replace(window, bad=window.bad + window.artifacts)
         prep = self.input.prepare(window)
         if prep is None:
             self.n_skipped += 1
@@ -371,6 +375,19 @@ class LearnedBrain:
         latents: list[np.ndarray | None] = [None] * len(self._group_names)
         for row, g in enumerate(prep.groups):
             latents[int(g)] = group_lat[0, row]
+        held = [bool(gs.held) for gs in state.groups]
+        if any(held):  # as the band powers: groups an artifact touched keep their last clean latents
+            latents = [
+                self._held[k] if h and self._held[k] is not None else lat
+                for k, (h, lat) in enumerate(zip(held, latents, strict=True))
+            ]
+            if self._held_global is not None:
+                glob, token = self._held_global[0][None], np.asarray([self._held_global[1]])
+        else:
+            self._held_global = (glob[0], int(token[0]))
+        for k, h in enumerate(held):
+            if not h and latents[k] is not None:
+                self._held[k] = latents[k]
         # A group the band powers call silent (n_good 0) carries no latent either.
         groups = tuple(
             dataclasses.replace(gs, latent=latents[k] if gs.n_good > 0 else None) for k, gs in enumerate(state.groups)

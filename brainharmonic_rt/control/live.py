@@ -211,4 +211,7 @@ class LiveControl:
             scheduler={k: v for k, v in sched.items() if isinstance(v, int | float | bool)},
             control={k: v for k, v in plane.items() if isinstance(v, int | float | bool | str) or v is None},
             sync={} if self.sync is None else self.sync.stats(),
+            quality=snap.get("quality", {}),
+            artifacts=snap.get("artifacts", {}),
+            notices=snap.get("notices", []),
         )

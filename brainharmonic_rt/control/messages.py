@@ -331,6 +331,7 @@ class GroupTelemetry(Payload):
     power: dict[str, float | None]
     z: dict[str, float | None]
     n_good: Annotated[int, Field(ge=0)]
+    held: str = Field("", description="Artifact kind for which some channels hold their last clean powers.")
 
 
 class BrainTelemetry(Payload):
@@ -343,6 +344,9 @@ class BrainTelemetry(Payload):
     latent: LatentSummary | None = None
     groups: dict[str, GroupTelemetry]
     bad: list[tuple[str, str]] = Field(default_factory=list, description="(channel, reason) excluded.")
+    artifacts: list[tuple[str, str]] = Field(
+        default_factory=list, description="(channel, kind) touched by a blink or jaw clench in this window."
+    )
     ts: float = Field(default_factory=_now)
 
     @classmethod
@@ -359,10 +363,12 @@ class BrainTelemetry(Payload):
                     power={k: _finite_or_none(v) for k, v in g.power.items()},
                     z={k: _finite_or_none(v) for k, v in g.z.items()},
                     n_good=int(g.n_good),
+                    held=g.held,
                 )
                 for g in state.groups
             },
             bad=[(str(a), str(b)) for a, b in state.bad],
+            artifacts=[(str(a), str(b)) for a, b in state.artifacts],
         )
 
 
@@ -420,6 +426,12 @@ class HealthTelemetry(Payload):
     sync: dict[str, float | int | str | None] = Field(
         default_factory=dict, description="Multi-performer sync: role, reference, phase error (ms), snaps."
     )
+    quality: dict[str, dict[str, float | str | None]] = Field(
+        default_factory=dict,
+        description="Per channel: line_noise (mains / 1-40 Hz power), range_uv, impedance (board units), verdict.",
+    )
+    artifacts: dict[str, int] = Field(default_factory=dict, description="Blinks and clenches detected so far.")
+    notices: list[str] = Field(default_factory=list, description="One-line remarks about the input (e.g. labels).")
     ts: float = Field(default_factory=_now)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..config import HarmonySettings, InstrumentSettings, MusicSettings
-from ..events import BrainState
+from ..config import GestureSettings, HarmonySettings, InstrumentSettings, MusicSettings
+from ..events import BrainState, Note
 from .arbiter import Arbiter
+from .gestures import gesture_notes
 from .harmony import HarmonicPlan
 from .timeline import Timeline
 from .tokens import BEATS_PER_BAR
@@ -61,6 +62,8 @@ class EnsembleComposer(Generic[V]):
     """The shared state and the live controls that do not depend on how notes are made."""
 
     _voices: list[V]
+    #: blinks and clenches as percussion (``[gestures]``); None or disabled: they are not heard
+    gestures: GestureSettings | None = None
 
     def __init__(
         self, instruments: dict[str, InstrumentSettings], music: MusicSettings, harmony: HarmonySettings | None
@@ -81,7 +84,14 @@ class EnsembleComposer(Generic[V]):
         for name in other.muted:
             self._voice(name).muted = True
         self._solo = other.solo
+        self.gestures = other.gestures
         self._sync_audible()
+
+    def gesture_notes(self, state: BrainState, start: float) -> list[Note]:
+        """Percussion for the artifacts first seen in ``state``, on the grid from music time ``start``."""
+        if self.gestures is None or not state.events:
+            return []
+        return gesture_notes(state.events, self.gestures, start, self.beat_at, self.time_of_beat)
 
     # -- what the rest of the service reads --------------------------------------------------------
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SignalSettings
+from ..config import ArtifactSettings, QualitySettings, SignalSettings
 from ..events import Chunk, SignalInfo, Window
 from .channels import clean_name, group_channels, region_of
 from .preprocess import ChannelHealth, Preprocessor
+from .quality import WindowInspector, quality_record
 from .windows import WindowBuffer
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Preprocessor",
     "SignalChain",
     "WindowBuffer",
+    "WindowInspector",
     "clean_name",
     "group_channels",
     "region_of",
@@ -38,12 +40,33 @@ class SignalChain:
     good ones within one hop.
     """
 
-    def __init__(self, info: SignalInfo, signal: SignalSettings) -> None:
+    def __init__(
+        self,
+        info: SignalInfo,
+        signal: SignalSettings,
+        quality: QualitySettings | None = None,
+        artifacts: ArtifactSettings | None = None,
+    ) -> None:
         self.info = info
         self.settings = signal
         self.preprocessor = Preprocessor(info, signal)
+        n_window, n_hop = round(signal.window * info.sfreq), round(signal.hop * info.sfreq)
+        self.inspector: WindowInspector | None = None
+        if (quality is not None and quality.enabled) or (artifacts is not None and artifacts.enabled):
+            self.inspector = WindowInspector(
+                info,
+                quality or QualitySettings(enabled=False),
+                artifacts or ArtifactSettings(enabled=False),
+                n_window,
+                max(1, n_hop),
+            )
         self.buffer = WindowBuffer(
-            info.n_channels, info.sfreq, signal.window, signal.hop, health=self.preprocessor.health
+            info.n_channels,
+            info.sfreq,
+            signal.window,
+            signal.hop,
+            health=self.preprocessor.health,
+            inspector=self.inspector,
         )
         self.t0: float | None = None
         self.n_samples = 0
@@ -72,9 +95,15 @@ class SignalChain:
 
     def stats(self) -> dict[str, Any]:
         """Counters and the current bad channels (by name), for telemetry."""
-        return {
+        out: dict[str, Any] = {
             "samples": self.n_samples,
             "windows": self.n_windows,
             "filters": list(self.preprocessor.filters),
             "bad": {self.info.ch_names[i]: reason for i, reason in self.preprocessor.health.bad},
         }
+        insp = self.inspector
+        if insp is not None and insp.quality is not None and insp.quality.latest:
+            out["quality"] = {q.name: quality_record(q) for q in insp.quality.latest}
+        if insp is not None and insp.artifacts is not None:
+            out["artifacts"] = dict(insp.artifacts.counts)
+        return out

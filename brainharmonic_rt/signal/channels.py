@@ -177,3 +177,15 @@ def _apply_overrides(ch_names: Sequence[str], overrides: Mapping[str, Sequence[s
 def _list_names(ch_names: Sequence[str], limit: int = 40) -> str:
     shown = ", ".join(ch_names[:limit])
     return shown if len(ch_names) <= limit else f"{shown}, ... ({len(ch_names)} channels in all)"
+
+
+def fallback_notice(stream: str, ch_names: Sequence[str], groups: Mapping[str, Sequence[int]]) -> str | None:
+    """One sentence when ``groups`` are the even-split fallback (generic labels), else None."""
+    if not groups or not all(re.fullmatch(r"group\d+", g) for g in groups):
+        return None
+    shown = ", ".join(ch_names[:4]) + (", ..." if len(ch_names) > 4 else "")
+    return (
+        f"Stream '{stream}' has only generic channel labels ({shown}), so its channels play as "
+        f"{len(groups)} even groups ({', '.join(groups)}) instead of scalp regions; name them with "
+        '--channels "1=Fz,2=C3,..." (or [signal] channels).'
+    )

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..events import Window
 from .preprocess import ChannelHealth
+from .quality import WindowInspector
 
 
 class WindowBuffer:
@@ -19,7 +20,8 @@ class WindowBuffer:
 
     With a ``health`` checker, :meth:`push` also keeps the raw samples (pass ``raw``) in
     a second ring and fills ``Window.bad`` from ``health.check`` on the raw window, so
-    the verdict covers exactly the window's samples.
+    the verdict covers exactly the window's samples. With an ``inspector`` too, the newest hop of raw
+    samples of each window goes to it (quality figures, artifacts: see ``quality.py``).
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class WindowBuffer:
         window_s: float,
         hop_s: float,
         health: ChannelHealth | None = None,
+        inspector: WindowInspector | None = None,
     ) -> None:
         self.n_channels = n_channels
         self.sfreq = sfreq
@@ -45,6 +48,7 @@ class WindowBuffer:
                 f"{1 / sfreq:.3g} s and the window length ({window_s:g} s)."
             )
         self.health = health
+        self.inspector = inspector
         self._ring = np.zeros((n_channels, self.n_window))
         self._raw: np.ndarray | None = None
         self._write = 0  # next ring column to write; the oldest sample once the ring is full
@@ -57,6 +61,8 @@ class WindowBuffer:
         self._until_emit = self.n_window
         if self.health is not None:
             self.health.reset()
+        if self.inspector is not None:
+            self.inspector.reset()
 
     def push(
         self,
@@ -117,6 +123,23 @@ class WindowBuffer:
         bad: tuple[tuple[int, str], ...] = ()
         if self.health is not None and self._raw is not None:
             bad = self.health.check(self._raw)  # a permutation of the window: order is irrelevant
-        window = Window(index=self._index, data=data, t_end=stamp - t0, stamp=stamp, bad=bad, received=received)
+        if self.inspector is None:
+            window = Window(index=self._index, data=data, t_end=stamp - t0, stamp=stamp, bad=bad, received=received)
+        else:
+            raw = self._raw if self._raw is not None else self._ring
+            hop = self.inspector.n_hop
+            newest = raw[:, w - hop : w] if w >= hop else np.concatenate((raw[:, w - hop :], raw[:, :w]), axis=1)
+            touched, events, quality = self.inspector.inspect(newest, data, stamp - t0, bad)
+            window = Window(
+                index=self._index,
+                data=data,
+                t_end=stamp - t0,
+                stamp=stamp,
+                bad=bad,
+                received=received,
+                artifacts=touched,
+                events=events,
+                quality=quality,
+            )
         self._index += 1
         return window

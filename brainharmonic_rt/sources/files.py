@@ -1,4 +1,4 @@
-"""Recordings on disk (EDF, BDF, FIF, BrainVision, EEGLAB, BIDS) as offline sources.
+"""Recordings on disk (EDF, BDF, FIF, BrainVision, EEGLAB, XDF, BIDS) as offline sources.
 
 Everything MNE can read goes through :func:`read_raw`, which turns every failure
 into one :class:`~brainharmonic_rt.errors.DataError` sentence naming the file and
@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import DataError
 from ..events import Chunk, SignalInfo
 from .base import Marker
+from .channel_map import ChannelMap
 
 #: File name endings MNE reads, and the reader for each.
 _READERS: dict[str, tuple[str, Callable[..., mne.io.BaseRaw]]] = {
@@ -34,6 +35,7 @@ _READERS: dict[str, tuple[str, Callable[..., mne.io.BaseRaw]]] = {
     ".set": ("EEGLAB", mne.io.read_raw_eeglab),
 }
 _BIDS_EXTENSIONS = [".edf", ".bdf", ".vhdr", ".set", ".fif"]
+_XDF = (".xdf", ".xdfz")  # LabRecorder; read with pyxdf (see xdf.py)
 
 # Names that are not scalp EEG even when a file types them as EEG.
 _NOT_EEG = re.compile(
@@ -84,12 +86,15 @@ def _failure(path: Path, kind: str, exc: BaseException) -> DataError:
     )
 
 
-def read_raw(path: str | Path, *, bids: BIDSSelector | None = None, preload: bool = True) -> mne.io.BaseRaw:
-    """Read any recording MNE reads, chosen by extension, or a BIDS recording.
+def read_raw(
+    path: str | Path, *, bids: BIDSSelector | None = None, preload: bool = True, xdf_stream: str | None = None
+) -> mne.io.BaseRaw:
+    """Read any recording MNE reads, chosen by extension, an XDF file, or a BIDS recording.
 
     A BIDS recording is read when ``bids`` is given (its ``root``, or ``path`` as
     the root) or when ``path`` is a BIDS root folder (it holds
-    ``dataset_description.json``). Raises DataError naming the file and the fix.
+    ``dataset_description.json``). ``xdf_stream`` names (or types) the EEG stream of
+    an XDF file. Raises DataError naming the file and the fix.
     """
     path = Path(path).expanduser()
     if bids is not None or (path.is_dir() and (path / "dataset_description.json").is_file()):
@@ -101,11 +106,16 @@ def read_raw(path: str | Path, *, bids: BIDSSelector | None = None, preload: boo
             f"{path} is a folder, not a recording; pass a file ({', '.join(sorted(_READERS))}) "
             "or a BIDS root with dataset_description.json."
         )
+    if path.name.lower().endswith(_XDF):
+        from .xdf import read_xdf
+
+        raw_xdf: mne.io.BaseRaw = read_xdf(path, xdf_stream)
+        return raw_xdf
     ext = _kind(path)
     if ext is None:
         raise DataError(
             f"Recording {path} has an unknown file type '{path.suffix}'; "
-            f"use one of {', '.join(sorted(_READERS))} or a BIDS folder."
+            f"use one of {', '.join(sorted([*_READERS, *_XDF]))} or a BIDS folder."
         )
     kind, reader = _READERS[ext]
     try:
@@ -320,8 +330,13 @@ def open_recordings(
     seconds: float | None = None,
     start: float = 0.0,
     chunk_size: int = 32,
+    channels: ChannelMap | None = None,
+    xdf_stream: str | None = None,
 ) -> ArraySource:
     """Read one or more recordings, keep their EEG, and play them back to back.
+
+    With ``channels`` the named channels are kept (and renamed) instead of the EEG-typed
+    ones (see :mod:`.channel_map`); ``xdf_stream`` picks the EEG stream of XDF files.
 
     Each recording is cropped to ``[start, start + seconds]`` (seconds from its own
     beginning; ``seconds=None`` keeps the rest). Channels must match by name across
@@ -343,7 +358,7 @@ def open_recordings(
     stems: list[str] = []
     offset = 0.0
     for item in items:
-        raw = pick_signal(read_raw(item, bids=bids))
+        raw = pick_channels(read_raw(item, bids=bids, xdf_stream=xdf_stream), channels, Path(item))
         path = Path(raw.filenames[0]) if raw.filenames and raw.filenames[0] else Path(item)
         stem = path.name.split(".")[0]
         if start >= raw.times[-1]:
@@ -384,6 +399,20 @@ def open_recordings(
         units="V",
     )
     return ArraySource(info, np.concatenate(blocks, axis=1), chunk_size=chunk_size, markers=markers)
+
+
+def pick_channels(raw: mne.io.BaseRaw, channels: ChannelMap | None, path: Path) -> mne.io.BaseRaw:
+    """The channels to play: those ``channels`` names (renamed, in index order), else the scalp EEG
+    (:func:`pick_signal`). In place, returned for chaining."""
+    if channels is None:
+        return pick_signal(raw)
+    channels.check(len(raw.ch_names), str(path))
+    old = [raw.ch_names[i] for i in channels.indices]
+    with _quiet():
+        raw.pick(old)
+        raw.rename_channels(dict(zip(old, channels.names.values(), strict=True)))
+        raw.set_channel_types(dict.fromkeys(channels.names.values(), "eeg"))
+    return raw
 
 
 def _match_channels(first: mne.io.BaseRaw, raw: mne.io.BaseRaw, path: Path) -> None:

@@ -3,10 +3,10 @@
 A reader thread blocks in ``pull_sample`` (which returns as soon as one sample
 arrives; ``pull_chunk`` with a timeout would wait for a full buffer), drains what
 else is waiting with a non-blocking ``pull_chunk``, and hands the block to the
-event loop with ``loop.call_soon_threadsafe``. The loop side keeps a queue bounded
-in seconds of signal: when the consumer falls behind the oldest chunk is dropped
-(and counted), the reader never blocks. Errors in the thread (stream lost, wrong
-shape) travel through the same queue and are raised from ``chunks()``.
+event loop through a :class:`~.handoff.Handoff`: a queue bounded in seconds of
+signal (the oldest chunk is dropped when the consumer falls behind; the reader
+never blocks). Errors in the thread (stream lost, wrong shape) travel through the
+same queue and are raised from ``chunks()``.
 
 We use the low-level ``mne_lsl.lsl`` API rather than ``StreamLSL``: the latter
 polls its inlet on a timer, which adds milliseconds of latency.
@@ -29,13 +29,13 @@ from mne_lsl.lsl._utils import LostError
 from ..config import StreamSettings
 from ..errors import StreamError, StreamLostError, StreamNotFoundError
 from ..events import Chunk, SignalInfo
+from .handoff import Handoff
 
 MAX_CHANNELS = 512
 MIN_RATE = 125.0
 MAX_RATE = 16_000.0
 _POLL = 0.05  # s: how long the reader blocks per pull (bounds stop latency)
 _OPEN_TIMEOUT = 5.0  # s: to subscribe to a resolved stream and fetch its full description
-_Block = tuple[np.ndarray, np.ndarray, float]  # data (n_channels, n), timestamps (n,), arrival (time.monotonic)
 
 
 def _describe(sinfo: Any) -> dict[str, Any]:
@@ -173,18 +173,12 @@ class LSLSource:
         self._entered = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Chunk | BaseException] | None = None
+        self._handoff = Handoff()
         self._inlet: StreamInlet | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pending: collections.deque[_Block | BaseException] = collections.deque()
-        self._scheduled = False
-        self._queued_samples = 0
-        self._max_queued = 0
         self._rate_marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=12)
         self._n_samples = 0
-        self._n_chunks = 0
-        self._n_dropped = 0
         self._n_reconnects = 0
 
     # -- public -----------------------------------------------------------------------
@@ -213,17 +207,10 @@ class LSLSource:
 
         After :meth:`reconnect`, call ``chunks()`` again to go on reading.
         """
-        if self._queue is None or self._closed:
+        if not self._handoff.open or self._closed:
             raise RuntimeError("LSLSource.chunks() needs an open source: use `async with LSLSource(...)`.")
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                # Keep the error in place so a second chunks() raises it again until reconnect().
-                queue.put_nowait(item)
-                raise item
-            self._queued_samples -= item.n_samples
-            yield item
+        async for chunk in self._handoff.chunks():  # an error stays in place until reconnect()
+            yield chunk
 
     async def reconnect(self) -> None:
         """Wait (cancellable, forever) until the stream is visible again, then reopen it.
@@ -251,11 +238,11 @@ class LSLSource:
             rate = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
         return {
             "samples": self._n_samples,
-            "chunks": self._n_chunks,
-            "dropped_chunks": self._n_dropped,
+            "chunks": self._handoff.n_chunks,
+            "dropped_chunks": self._handoff.n_dropped,
             "reconnects": self._n_reconnects,
             "rate": rate,
-            "queued_samples": self._queued_samples,
+            "queued_samples": self._handoff.queued_samples,
         }
 
     # -- resolving ------------------------------------------------------------------------
@@ -339,11 +326,8 @@ class LSLSource:
                     "restart brainharmonic to use the new layout (the pipeline was built for the old one)."
                 )
         self._inlet, self._info = inlet, info
-        self._queue = asyncio.Queue()
-        self._pending.clear()
-        self._scheduled = False
-        self._queued_samples = 0
-        self._max_queued = max(1, round(self.max_queue_seconds * info.sfreq))
+        assert self._loop is not None
+        self._handoff.reset(self._loop, round(self.max_queue_seconds * info.sfreq))
         self._rate_marks.clear()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -440,9 +424,9 @@ class LSLSource:
                 self._n_samples += 1 + k
                 if not self._rate_marks or now - self._rate_marks[-1][0] >= 0.5:
                     self._rate_marks.append((now, self._n_samples))
-                self._hand_over((data, ts, now))
+                self._handoff.put((data, ts, now))
         except LostError:
-            self._hand_over(
+            self._handoff.put(
                 StreamLostError(
                     f"LSL stream '{info.name}' (source_id {info.source_id or '-'}) was lost "
                     "(its outlet closed); "
@@ -450,52 +434,7 @@ class LSLSource:
                 )
             )
         except BaseException as exc:  # forwarded to the loop, never swallowed
-            self._hand_over(exc)
-
-    def _hand_over(self, item: _Block | BaseException) -> None:
-        """Queue ``item`` for the loop; wake the loop only if no wake-up is pending."""
-        self._pending.append(item)
-        if not self._scheduled:
-            self._scheduled = True
-            loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                    loop.call_soon_threadsafe(self._drain)
-
-    # -- loop side -----------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Move pending blocks into the queue as one chunk; drop the oldest beyond the bound."""
-        self._scheduled = False
-        queue = self._queue
-        if queue is None:
-            return
-        blocks: list[_Block] = []
-        error: BaseException | None = None
-        while self._pending:
-            item = self._pending.popleft()
-            if isinstance(item, BaseException):
-                error = item
-                break
-            blocks.append(item)
-        if blocks:
-            if len(blocks) == 1:
-                data, ts, _ = blocks[0]
-            else:
-                data = np.concatenate([b[0] for b in blocks], axis=1)
-                ts = np.concatenate([b[1] for b in blocks])
-            chunk = Chunk(data, ts, received=blocks[-1][2])
-            queue.put_nowait(chunk)
-            self._n_chunks += 1
-            self._queued_samples += chunk.n_samples
-            while self._queued_samples > self._max_queued and queue.qsize() > 1:
-                old = queue.get_nowait()
-                if isinstance(old, BaseException):  # pragma: no cover - errors are always last
-                    queue.put_nowait(old)
-                    break
-                self._queued_samples -= old.n_samples
-                self._n_dropped += 1
-        if error is not None:
-            queue.put_nowait(error)
+            self._handoff.put(exc)
 
 
 def _difference(old: SignalInfo, new: SignalInfo) -> str | None:

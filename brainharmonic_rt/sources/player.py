@@ -24,7 +24,8 @@ import numpy as np
 from mne_lsl.player import PlayerLSL
 
 from ..errors import DataError
-from .files import BIDSSelector, open_recordings, pick_signal, read_raw
+from .channel_map import ChannelMap
+from .files import BIDSSelector, open_recordings, pick_channels, read_raw
 
 DEFAULT_NAME = "brainharmonic-replay"
 _TICK = 0.01  # s of signal per push: small enough to look smooth, large enough to be cheap
@@ -45,25 +46,29 @@ def load_recording(
     pick: bool = True,
     seconds: float | None = None,
     start: float = 0.0,
+    channels: ChannelMap | None = None,
+    xdf_stream: str | None = None,
 ) -> mne.io.BaseRaw:
-    """A preloaded Raw to replay: one file, a Raw, or several files back to back.
+    """A preloaded Raw to replay: one file (XDF too), a Raw, or several files back to back.
 
     Several files are joined as by :func:`open_recordings` (EEG picked, channels
     matched by name) and each file's start becomes an annotation named after its
     stem (e.g. "Subject00_1", "Subject00_2"). ``start``/``seconds`` crop each file.
     """
     if not isinstance(source, str | Path | mne.io.BaseRaw):
-        src = open_recordings(list(source), bids=bids, seconds=seconds, start=start)
+        src = open_recordings(
+            list(source), bids=bids, seconds=seconds, start=start, channels=channels, xdf_stream=xdf_stream
+        )
         info = mne.create_info(list(src.info.ch_names), src.info.sfreq, "eeg")
         raw: mne.io.BaseRaw = mne.io.RawArray(src.data, info, verbose="error")
         onsets = [m[0] for m in src.markers]
         raw.set_annotations(mne.Annotations(onsets, [0.0] * len(onsets), [m[1] for m in src.markers]))
         return raw
-    raw = source.copy() if isinstance(source, mne.io.BaseRaw) else read_raw(source, bids=bids)
+    raw = source.copy() if isinstance(source, mne.io.BaseRaw) else read_raw(source, bids=bids, xdf_stream=xdf_stream)
     if not raw.preload:
         raw.load_data(verbose="error")
     if pick:
-        raw = pick_signal(raw)
+        raw = pick_channels(raw, channels, Path(str(source)) if not isinstance(source, mne.io.BaseRaw) else Path("raw"))
     if start > 0 or seconds is not None:
         if start < 0 or start >= raw.times[-1] or (seconds is not None and not seconds > 0):
             raise DataError(
@@ -86,6 +91,8 @@ def make_player(
     pick: bool = True,
     seconds: float | None = None,
     start: float = 0.0,
+    channels: ChannelMap | None = None,
+    xdf_stream: str | None = None,
 ) -> PlayerLSL:
     """Build (not start) a PlayerLSL for a file, a Raw, or several files (see :func:`load_recording`).
 
@@ -95,7 +102,9 @@ def make_player(
     multiple of ``chunk_size``). Annotations, if any, are streamed as strings on
     ``f"{name}-annotations"``.
     """
-    raw = load_recording(source, bids=bids, pick=pick, seconds=seconds, start=start)
+    raw = load_recording(
+        source, bids=bids, pick=pick, seconds=seconds, start=start, channels=channels, xdf_stream=xdf_stream
+    )
     if chunk_size is None:
         chunk_size = default_chunk_size(raw.info["sfreq"])
     if chunk_size < 1:
@@ -138,8 +147,12 @@ class Replay:
         pick: bool = True,
         seconds: float | None = None,
         start: float = 0.0,
+        channels: ChannelMap | None = None,
+        xdf_stream: str | None = None,
     ) -> None:
         self._args: dict[str, Any] = {
+            "channels": channels,
+            "xdf_stream": xdf_stream,
             "name": name,
             "source_id": source_id,
             "loop": loop,
