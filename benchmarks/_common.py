@@ -6,8 +6,14 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+# The repository root, so benchmarks can reuse the tests' helpers (tests.broker: a real mosquitto on loopback).
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 
 def machine() -> str:

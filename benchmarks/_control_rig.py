@@ -122,7 +122,7 @@ class JackTimedReader:
             return [(jack + offset, m) for _, jack, m in self._rows]
 
     def close(self) -> None:
-        from brainharmonic_rt.sinks.rtmidi_port import close_midi_in
+        from brainharmonic_rt.midiports import close_midi_in
 
         close_midi_in(self._in)  # the safe order and grace period (see its docstring)
 

@@ -20,9 +20,9 @@ from benchmarks._common import header
 from brainharmonic_rt.brain.classic import ClassicBrain
 from brainharmonic_rt.config import Settings, load_settings
 from brainharmonic_rt.datasets import find_eegmat
+from brainharmonic_rt.evaluation.artifact_sim import Injected, add_artifacts, score
 from brainharmonic_rt.events import Chunk, SignalInfo
 from brainharmonic_rt.signal import SignalChain
-from brainharmonic_rt.signal.artifact_sim import Injected, add_artifacts, score
 from brainharmonic_rt.sources.files import open_recordings
 
 CHUNK = 32

@@ -36,7 +36,7 @@ PROGRAMMED = "frontal"
 async def run(rounds: int) -> dict[str, list[float]]:
     import aiomqtt
 
-    from brainharmonic_rt.control.broker import MosquittoBroker
+    from tests.broker import MosquittoBroker
 
     work = Path(tempfile.mkdtemp(prefix="bh-bench-control-"))
     out: dict[str, list[float]] = {k: [] for k in ("ack", "program", "mute", "tempo_grid", "tempo_note")}

@@ -23,9 +23,9 @@ from typing import Any
 
 from _common import header
 
-from brainharmonic_rt.brain.sessions import discover_sessions
 from brainharmonic_rt.config import load_settings
-from brainharmonic_rt.music.responsiveness import Move, format_moves, render_session, summarize_mode
+from brainharmonic_rt.evaluation.responsiveness import Move, format_moves, render_session, summarize_mode
+from brainharmonic_rt.evaluation.sessions import discover_sessions
 
 REPO = Path(__file__).resolve().parent.parent
 

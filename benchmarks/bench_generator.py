@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import header, summary
 
-from brainharmonic_rt.music.commands import GENERATE_GROOVE, generate_notes, holdout_count
-from brainharmonic_rt.music.evaluate import evaluate, evaluate_file, from_notes, summarize
+from brainharmonic_rt.evaluation.generate import GENERATE_GROOVE, generate_notes
+from brainharmonic_rt.evaluation.music_metrics import evaluate, evaluate_file, from_notes, summarize
 from brainharmonic_rt.music.generator import DEFAULT_MODEL, GeneratorModel, Voice
 from brainharmonic_rt.music.tokens import DRUM_PROGRAM
+from brainharmonic_rt.training.latent_map_fit import holdout_count
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -126,10 +127,10 @@ def eeg_pieces(eeg: Path, latent_map: Path, n: int, bars: int, holdout: float = 
     4 bars, so neighbouring pieces overlap by three quarters."""
     import asyncio
 
-    from brainharmonic_rt.brain.embed import embed_source
     from brainharmonic_rt.brain.latent_map import LatentMap, SessionCentre
-    from brainharmonic_rt.brain.sessions import discover_sessions, open_session
     from brainharmonic_rt.config import Settings
+    from brainharmonic_rt.evaluation.embed import embed_source
+    from brainharmonic_rt.evaluation.sessions import discover_sessions, open_session
 
     lmap = LatentMap.load(latent_map)
     sessions = discover_sessions(eeg)
@@ -215,7 +216,7 @@ def main() -> None:
         notes = generate_notes(model, lat, [0], bars=args.bars, seed=seed, groove=args.groove)
         rows.append(evaluate(from_notes(notes, 120.0)))
         if args.out_dir is not None:
-            from brainharmonic_rt.music.commands import instruments_for
+            from brainharmonic_rt.evaluation.generate import instruments_for
             from brainharmonic_rt.sinks.midifile import notes_to_midi
 
             notes_to_midi(notes, instruments_for([0]), 120.0, args.out_dir / f"piece{seed:02d}.mid")

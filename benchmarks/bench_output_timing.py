@@ -86,8 +86,8 @@ async def main() -> None:
     os.environ.setdefault("JACK_NO_START_SERVER", "1")
     from brainharmonic_rt.config import InstrumentSettings
     from brainharmonic_rt.events import Note
-    from brainharmonic_rt.music.clock import Scheduler
     from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink
+    from brainharmonic_rt.sinks.scheduler import Scheduler
 
     name = f"bench{os.getpid()}"
     sink = RtMidiSink(virtual_name="out", client_name=name)

@@ -59,7 +59,7 @@ def main() -> None:
         (completing if windows else plain).append((t1 - t0) * 1e3)
         for w in windows:
             t2 = time.perf_counter()
-            engine.compose(w)
+            engine.step(w)
             compose.append((time.perf_counter() - t2) * 1e3)
     print(f"signal chain, chunk without a new window: {summary(plain)}")
     print(f"signal chain, chunk completing a window:  {summary(completing)}")

@@ -51,7 +51,7 @@ def stats(values: list[float]) -> dict[str, float]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiomqtt
 
-    from brainharmonic_rt.control.broker import MosquittoBroker
+    from tests.broker import MosquittoBroker
 
     work = Path(tempfile.mkdtemp(prefix="bh-bench-sync-"))
     beats: dict[str, dict[int, float]] = {n: {} for n in NAMES}

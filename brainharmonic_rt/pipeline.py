@@ -1,11 +1,18 @@
 """Wires the stages: source → signal → brain → music → sinks, for live runs and offline renders.
 
-One code path: :class:`Engine` turns chunks into windows, brain states and notes the same
-way whether the samples come from a live LSL stream (wall clock) or a file (virtual clock,
-as fast as the CPU allows). Only the source and the scheduler's clock differ.
+One code path: :class:`Engine` turns chunks into windows, brain states and scheduled notes the same
+way whether the samples come from a live LSL stream (wall clock) or a file (virtual clock, as fast as
+the CPU allows); :func:`render` and the live loop call the same :meth:`Engine.step`. Only the source
+and the scheduler's clock differ.
 
-Live runs use two tasks joined by a small drop-oldest queue of windows, so a slow
-composing step can never stall the EEG reader (whose samples are always recorded).
+The engine is the one owner of live edits: it holds the composed frontier, the last brain state and
+the MIDI clock track, and :meth:`Engine.apply` is the only way a live change (an MQTT or web command,
+a sync leader, an incoming MIDI clock, a config reload) reaches the music: applied ``CUT_MARGIN``
+after now, with the notes already scheduled beyond that composed again, in either mode.
+
+Live runs use two tasks (reader and composer, under one :class:`asyncio.TaskGroup`) joined by a small
+drop-oldest :class:`WindowStream`, so a slow composing step can never stall the EEG reader (whose
+samples are always recorded).
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,15 +33,24 @@ from .brain.latent_map import SessionCentres
 from .config import InstrumentSettings, Settings
 from .errors import ConfigError, DataError, StreamLostError
 from .events import BrainState, Chunk, Note, SignalInfo, Window
-from .music.clock import Scheduler
+from .music.composer import Composer
 from .music.harmony import BarPlan
-from .music.midiclock import ClockFollower, ClockTrack
 from .recording import SessionRecorder
 from .sinks.base import Sink
+from .sinks.midiclock import ClockTrack
+from .sinks.scheduler import Scheduler
 from .sources.base import Source
+from .sources.midiclock import ClockFollower
+
+if TYPE_CHECKING:
+    from .brain.classic import ClassicBrain
+    from .brain.encoder import LearnedBrain
 
 log = logging.getLogger("brainharmonic")
 
+#: A live change applies this long after "now", so the notes composed again are never late (applying takes
+#: ~0.3 ms in classic mode, ~2 ms in learned mode).
+CUT_MARGIN = 0.01
 #: An incoming MIDI clock's tempo must move this far (BPM) from ours before we follow (its jitter stays put).
 CLOCK_IN_JITTER = 0.5
 
@@ -42,9 +58,10 @@ StateListener = Callable[[BrainState, list[Note]], None]
 
 
 class Engine:
-    """Chunks in, (brain state, notes) out; owns every stateful stage between source and scheduler."""
+    """Chunks in, scheduled notes out; owns every stateful stage between source and scheduler, and every
+    live edit (:meth:`apply`)."""
 
-    def __init__(self, info: SignalInfo, settings: Settings) -> None:
+    def __init__(self, info: SignalInfo, settings: Settings, *, midi_clock: bool = False) -> None:
         from .brain.classic import ClassicBrain
         from .music.classic import ClassicComposer
         from .music.ensemble import resolve_instruments
@@ -53,7 +70,7 @@ class Engine:
         self.info = info
         self.settings = settings
         self.chain = SignalChain(info, settings.signal, settings.quality, settings.artifacts)
-        self.brain: Any
+        self.brain: ClassicBrain | LearnedBrain
         if settings.music.mode == "learned":
             # The learned encoder adds a latent vector and a brain token to every brain state.
             from .brain.encoder import LearnedBrain
@@ -65,7 +82,7 @@ class Engine:
         # Where each latent source of this session sits (brain → music map centring): fed with every
         # state in any mode, so switching to learned mode mid-session keeps the calibration.
         self.centres = SessionCentres()
-        self.composer: Any
+        self.composer: Composer[Any]
         if settings.music.mode == "learned":
             # The generator composes; the brain latent steers it through the brain → music latent map.
             from .music.learned import LearnedComposer
@@ -83,13 +100,96 @@ class Engine:
         self.notices: list[str] = [notice] if notice is not None else []
         for notice in self.notices:
             log.warning("%s", notice)
-        self._composed_until: float | None = None
         self.mode: str = settings.music.mode
-        # Everything built so far (models, MNE, the signal chain) lives for the whole run: take it out of the
-        # cyclic garbage collector's view, so a full collection mid-run costs microseconds instead of tens
-        # of milliseconds (measured: 35-140 ms stalls in the learned composer's bars without this).
-        gc.collect()
-        gc.freeze()
+        self.encodes = settings.music.mode == "learned"  #: the brain carries encoder latents
+        self.scheduler: Scheduler | None = None  #: where notes go (:meth:`start`)
+        self.clock = ClockTrack() if midi_clock else None  #: MIDI clock out, ticked with every composed span
+        self._frontier: float | None = None
+        self._last_state: BrainState | None = None
+        self.recomposed = 0  #: live changes that re-composed scheduled notes
+
+    # -- the step: one window in, its notes scheduled ---------------------------------------------
+
+    def start(self, scheduler: Scheduler) -> None:
+        """Send notes (and MIDI clock ticks) to ``scheduler`` from now on."""
+        self.scheduler = scheduler
+
+    @property
+    def frontier(self) -> float | None:
+        """Music time (s) up to which notes are composed and scheduled; None before the first window."""
+        return self._frontier
+
+    @property
+    def last_state(self) -> BrainState | None:
+        """The latest brain state (a live change composes again with it)."""
+        return self._last_state
+
+    def windows(self, chunk: Chunk) -> list[Window]:
+        return self.chain.push(chunk)
+
+    def step(self, window: Window) -> tuple[BrainState, list[Note]]:
+        """Brain state for one window and the notes of the music span it opens, scheduled.
+
+        The span is the next hop of music starting one lookahead after the window's end:
+        [window end + lookahead, window end + lookahead + hop). Nothing is composed for a time
+        the window could not know about yet, and nothing earlier than the lookahead, so notes
+        are not late as long as processing takes less than the lookahead. After a gap (dropped
+        windows, a lost stream) the span starts afresh instead of catching up with late notes.
+        """
+        state = self.brain.process(window)
+        self.centres.observe(state)
+        start = window.t_end + self.settings.music.lookahead
+        end = start + self.settings.signal.hop
+        before = self._frontier
+        if before is not None:
+            start = max(start, before)
+        notes = self.composer.compose(state, start, end) if end > start else []
+        if state.events:
+            notes += self.composer.gesture_notes(state, start)
+        self._frontier = max(end, before if before is not None else end)
+        self._last_state = state
+        if self.scheduler is not None:
+            self.scheduler.schedule(notes)
+            # The clock runs on through spans without notes (a gap), but never sends a tick late.
+            tick_from = window.t_end + self.settings.music.lookahead if before is None else before
+            self._tick(max(tick_from, self.scheduler.music_now()), self._frontier)
+        return state, notes
+
+    # -- live edits --------------------------------------------------------------------------------
+
+    def apply(self, change: Callable[[float], object]) -> float:
+        """Apply ``change(at)`` to the composer from ``at`` = now + :data:`CUT_MARGIN` on and compose what
+        was scheduled beyond ``at`` again, so the change is heard at once; returns ``at``.
+
+        ``change`` must validate before it mutates: if it raises, nothing has changed. Before the first
+        window (nothing scheduled yet) the change simply applies from ``at``.
+        """
+        if self.scheduler is None or not self.scheduler.running:
+            raise RuntimeError("Engine.apply needs a running scheduler (Engine.start); the run has not begun.")
+        at = max(self.scheduler.music_now() + CUT_MARGIN, 0.0)
+        change(at)
+        self._recompose(at)
+        return at
+
+    def _recompose(self, at: float) -> None:
+        """Drop what is scheduled from ``at`` on and compose ``[at, frontier)`` again with the last state."""
+        end, state, scheduler = self._frontier, self._last_state, self.scheduler
+        if end is None or state is None or scheduler is None or end <= at:
+            return
+        scheduler.cancel(after=at)  # clock ticks after ``at`` too
+        self.composer.rewind(at)
+        if self.clock is not None:
+            self.clock.rewind(at)
+        scheduler.schedule(self.composer.compose(state, at, end))
+        self._tick(at, end)
+        self.recomposed += 1
+
+    def _tick(self, start: float, end: float) -> None:
+        """Schedule the MIDI clock for ``[start, end)`` from the composer's beat timeline."""
+        if self.clock is not None and self.scheduler is not None:
+            msgs = self.clock.span(self.composer, start, end)
+            if msgs:
+                self.scheduler.schedule_messages(msgs)
 
     def set_mode(self, mode: str) -> dict[str, Any]:
         """Switch composers live (an MQTT ``set_mode``): the new one takes over the beat grid, the plan,
@@ -104,7 +204,7 @@ class Engine:
         old = self.composer
         music = self.settings.music.model_copy(update={"tempo": old.tempo, "key": old.key, "scale": old.scale})
         instruments = dict(self.composer.instruments)
-        new: Any
+        new: Composer[Any]
         if mode == "learned":
             from .music.learned import LearnedComposer
 
@@ -115,62 +215,55 @@ class Engine:
             from .music.classic import ClassicComposer
 
             new = ClassicComposer(instruments, music, self.settings.harmony)
-        new.adopt(self.composer, self._composed_until)
+        new.adopt(self.composer, self._frontier)
         self.composer, self.mode = new, mode
-        if mode == "learned" and not hasattr(self.brain, "spec"):  # a classic brain: no encoder latents
+        if mode == "learned" and not self.encodes:
             return {"note": "steered by band powers (no encoder latents) until restarted with --mode learned"}
         return {}
 
-    def windows(self, chunk: Chunk) -> list[Window]:
-        return self.chain.push(chunk)
-
-    def compose(self, window: Window) -> tuple[BrainState, list[Note]]:
-        """Brain state for one window and the notes for the music span it opens.
-
-        The span is the next hop of music starting one lookahead after the window's end:
-        [window end + lookahead, window end + lookahead + hop). Nothing is composed for a time
-        the window could not know about yet, and nothing earlier than the lookahead, so notes
-        are not late as long as processing takes less than the lookahead. After a gap (dropped
-        windows, a lost stream) the span starts afresh instead of catching up with late notes.
-        """
-        state = self.brain.process(window)
-        self.centres.observe(state)
-        start = window.t_end + self.settings.music.lookahead
-        end = start + self.settings.signal.hop
-        if self._composed_until is not None:
-            start = max(start, self._composed_until)
-        notes = self.composer.compose(state, start, end) if end > start else []
-        if state.events:
-            notes += self.composer.gesture_notes(state, start)
-        self._composed_until = max(end, self._composed_until or end)
-        return state, notes
+    def set_program(self, name: str, program: int) -> None:
+        """An instrument's program from now on (the caller sends the program change to the sinks)."""
+        self.composer.set_program(name, program)
+        self.instruments[name] = self.composer.instruments[name]
 
     def reset_signal(self) -> None:
         """After a reconnect: filters and window ring start afresh; session time continues."""
         self.chain.reset()
 
 
-class WindowQueue:
-    """Bounded hand-off between reader and composer: drops the oldest window, never blocks the reader."""
+class WindowStream:
+    """Bounded hand-off between reader and composer: drops the oldest window, never blocks the reader,
+    and ends (``async for`` stops) once :meth:`close` is called and what was queued is taken."""
 
     def __init__(self, maxsize: int = 4) -> None:
-        self._items: collections.deque[Window | None] = collections.deque()
+        self._items: collections.deque[Window] = collections.deque()
         self._maxsize = maxsize
         self._ready = asyncio.Event()
+        self._closed = False
         self.dropped = 0
 
-    def put(self, item: Window | None) -> None:
-        if item is not None and len(self._items) >= self._maxsize:
+    def put(self, window: Window) -> None:
+        if self._closed:
+            raise RuntimeError("WindowStream is closed; no window can be added.")
+        if len(self._items) >= self._maxsize:
             self._items.popleft()
             self.dropped += 1
-        self._items.append(item)
+        self._items.append(window)
         self._ready.set()
 
-    async def get(self) -> Window | None:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
+    def close(self) -> None:
+        """No more windows: the consumer ends after taking those already queued."""
+        self._closed = True
+        self._ready.set()
+
+    async def __aiter__(self) -> AsyncIterator[Window]:
+        while True:
+            while not self._items:
+                if self._closed:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            yield self._items.popleft()
 
     @property
     def depth(self) -> int:
@@ -208,9 +301,12 @@ class RenderResult:
     arbiter_costs: list[float] = field(default_factory=list)  #: seconds of arbiter work per bar
 
 
-def _open_sinks(sinks: Sequence[Sink], engine: Engine) -> None:
+def _open_sinks(sinks: Sequence[Sink], engine: Engine, stack: contextlib.ExitStack | None = None) -> None:
+    """Open each sink for the engine's instruments; with ``stack``, each is closed when the stack unwinds."""
     for sink in sinks:
         sink.open(engine.instruments, engine.settings.music.tempo)
+        if stack is not None:
+            stack.callback(sink.close)
 
 
 async def render(
@@ -218,31 +314,29 @@ async def render(
     source: Source,
     sinks: Sequence[Sink] = (),
     *,
-    recorder_root: Any = None,
     listeners: Sequence[StateListener] = (),
 ) -> RenderResult:
     """Run the whole pipeline on an offline source against a virtual clock; deterministic for a seed."""
     states: list[BrainState] = []
     notes_all: list[Note] = []
+    last_t = 0.0
     async with source:
         engine = Engine(source.info, settings)
-        _open_sinks(sinks, engine)
-        last_t = 0.0
-        async with Scheduler(sinks, realtime=False) as scheduler:
-            async for chunk in source.chunks():
-                for window in engine.windows(chunk):
-                    state, notes = engine.compose(window)
-                    states.append(state)
-                    notes_all.extend(notes)
-                    scheduler.schedule(notes)
-                    scheduler.advance(window.t_end)
-                    for listener in listeners:
-                        listener(state, notes)
-                if chunk.n_samples:
-                    last_t = float(chunk.timestamps[-1])
-            await scheduler.drain()
-        for sink in sinks:
-            sink.close()
+        with contextlib.ExitStack() as closing:
+            _open_sinks(sinks, engine, closing)
+            async with Scheduler(sinks, realtime=False) as scheduler:
+                engine.start(scheduler)
+                async for chunk in source.chunks():
+                    for window in engine.windows(chunk):
+                        state, notes = engine.step(window)
+                        scheduler.advance(window.t_end)
+                        states.append(state)
+                        notes_all.extend(notes)
+                        for listener in listeners:
+                            listener(state, notes)
+                    if chunk.n_samples:
+                        last_t = float(chunk.timestamps[-1])
+                await scheduler.drain()
     if not states:
         raise DataError(
             f"Input '{source.info.name}' ({last_t:.1f} s) is shorter than one {settings.signal.window:g} s window, "
@@ -256,6 +350,10 @@ async def render(
     bars = list(engine.composer.plan.history)
     costs = list(engine.composer.arbiter.bar_costs)
     return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs)
+
+
+class _Stopped(Exception):
+    """Raised inside the run's task group to end it (stop requested, duration reached, end of input)."""
 
 
 class LivePipeline:
@@ -286,10 +384,8 @@ class LivePipeline:
         self.recorder: SessionRecorder | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
-        self.clock: ClockTrack | None = None  #: MIDI clock out (output.midi_clock), per run
         self.clock_in: ClockFollower | None = None  #: the incoming MIDI clock followed (output.clock_in)
-        self._queue: WindowQueue | None = None
-        self._last_state: BrainState | None = None
+        self._windows: WindowStream | None = None
         self._signal_ok: bool | None = None  # whether the latest window had any good channel
         self._silent_groups: frozenset[str] = frozenset()  # groups without a good channel in the latest window
         self.quality: dict[str, dict[str, Any]] = {}  #: the latest per-channel quality report
@@ -301,77 +397,72 @@ class LivePipeline:
             self.stop_event.set()
 
     async def run(self) -> RunStats:
+        """Play until stopped; every resource (clock input, source, recorder, sinks, scheduler) is closed in
+        the reverse order it was opened, whatever ends the run."""
         self.stop_event = asyncio.Event()
-        self._queue = WindowQueue()
-        self.clock = ClockTrack() if self.settings.output.midi_clock else None
-        self.clock_in = self._open_clock_in()  # a missing port fails before the stream is waited for
-        try:
-            return await self._run()
-        finally:
+        self._windows = WindowStream()
+        async with contextlib.AsyncExitStack() as stack:
+            self.clock_in = self._open_clock_in()  # a missing port fails before the stream is waited for
             if self.clock_in is not None:
-                self.clock_in.close()
-
-    async def _run(self) -> RunStats:
-        async with self.source:
-            engine = self.engine = Engine(self.source.info, self.settings)
-            _open_sinks(self.sinks, engine)
-            recorder = None
+                stack.callback(self.clock_in.close)
+            await stack.enter_async_context(self.source)
+            engine = self.engine = Engine(self.source.info, self.settings, midi_clock=self.settings.output.midi_clock)
+            # Everything built so far (models, MNE, the signal chain) lives for the whole run: take it out of
+            # the cyclic garbage collector's view, so a full collection mid-run costs microseconds instead of
+            # tens of milliseconds (measured: 35-140 ms stalls in the learned composer's bars without this).
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
+            _open_sinks(self.sinks, engine, stack.enter_context(contextlib.ExitStack()))
             if self.record_root is not None:
-                recorder = self.recorder = SessionRecorder(self.record_root, self.settings, self.source.info)
-                recorder.__enter__()
-                log.info("recording session to %s", recorder.folder)
+                self.recorder = stack.enter_context(SessionRecorder(self.record_root, self.settings, self.source.info))
+                log.info("recording session to %s", self.recorder.folder)
                 for notice in engine.notices:
-                    recorder.event("notice", message=notice)
-            try:
-                async with Scheduler(self.sinks, realtime=True) as scheduler:
-                    self.scheduler = scheduler
-                    await self._supervise(engine, scheduler)
-                    if self.stats.stopped_by == "end of input":
-                        await scheduler.drain()
-            finally:
-                for sink in self.sinks:
-                    sink.close()
-                if self.scheduler is not None:
-                    self.stats.notes = self.scheduler.played
-                if recorder is not None:
-                    if self.scheduler is not None:
-                        recorder.write_notes(self.scheduler.take_played())
-                    recorder.event("stopped", reason=self.stats.stopped_by)
-                    recorder.close()
+                    self.recorder.event("notice", message=notice)
+            stack.callback(self._finish_recording)
+            scheduler = self.scheduler = await stack.enter_async_context(Scheduler(self.sinks, realtime=True))
+            engine.start(scheduler)
+            await self._play(engine, scheduler)
+            if self.stats.stopped_by == "end of input":
+                await scheduler.drain()
         return self.stats
 
-    async def _supervise(self, engine: Engine, scheduler: Scheduler) -> None:
+    def _finish_recording(self) -> None:
+        """After the scheduler's last note-off: what was played goes into the session, then it closes."""
+        if self.scheduler is not None:
+            self.stats.notes = self.scheduler.played
+        if self.recorder is not None:
+            if self.scheduler is not None:
+                self.recorder.write_notes(self.scheduler.take_played())
+            self.recorder.event("stopped", reason=self.stats.stopped_by)
+
+    async def _play(self, engine: Engine, scheduler: Scheduler) -> None:
+        """Reader and composer under one task group, until a stop, the end of input or an error."""
         assert self.stop_event is not None
-        tasks = {
-            asyncio.create_task(self._read(engine, scheduler), name="reader"),
-            asyncio.create_task(self._compose(engine, scheduler), name="composer"),
-            asyncio.create_task(self.stop_event.wait(), name="stop"),
-        }
-        if self.duration is not None:
-            tasks.add(asyncio.create_task(self._timer(self.duration), name="timer"))
         try:
-            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            reader = next(t for t in tasks if t.get_name() == "reader")
-            if reader in done and reader.exception() is None:
-                # End of input: let the composer finish the queued windows first.
-                composer = next(t for t in tasks if t.get_name() == "composer")
-                await composer
-                self.stats.stopped_by = self.stats.stopped_by or "end of input"
-        finally:
-            for t in tasks:
-                t.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                self.stats.stopped_by = self.stats.stopped_by or f"error: {r}"
-                raise r
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read(engine, scheduler), name="reader")
+                tasks.create_task(self._compose(engine, scheduler), name="composer")
+                tasks.create_task(self._until_stopped(), name="stop")
+                if self.duration is not None:
+                    tasks.create_task(self._timer(self.duration), name="timer")
+        except BaseExceptionGroup as group:
+            errors = [e for e in _leaves(group) if not isinstance(e, _Stopped)]
+            if errors:
+                self.stats.stopped_by = self.stats.stopped_by or f"error: {errors[0]}"
+                raise errors[0] from None
+
+    async def _until_stopped(self) -> None:
+        assert self.stop_event is not None
+        await self.stop_event.wait()
+        raise _Stopped
 
     async def _timer(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self.stop(f"duration {seconds:g} s reached")
 
     async def _read(self, engine: Engine, scheduler: Scheduler) -> None:
-        assert self._queue is not None
+        assert self._windows is not None
         origin_set = False
         while True:
             try:
@@ -385,7 +476,7 @@ class LivePipeline:
                     for window in engine.windows(chunk):
                         if window.quality is not None:
                             self._on_quality(window)
-                        self._queue.put(window)
+                        self._windows.put(window)
                 break
             except StreamLostError as exc:
                 self.stats.stream_losses += 1
@@ -402,19 +493,12 @@ class LivePipeline:
                 log.warning("Stream %s is back; music resumes.", self.source.info.name)
                 if self.recorder is not None:
                     self.recorder.event("stream_back")
-        self._queue.put(None)
+        self._windows.close()
 
     async def _compose(self, engine: Engine, scheduler: Scheduler) -> None:
-        assert self._queue is not None
-        while (window := await self._queue.get()) is not None:
-            before = engine._composed_until
-            state, notes = engine.compose(window)
-            scheduler.schedule(notes)
-            self._last_state = state
-            if self.clock is not None and engine._composed_until is not None:
-                # The clock runs on through spans without notes (a gap), but never sends a tick late.
-                start = window.t_end + self.settings.music.lookahead if before is None else before
-                self._tick(engine, scheduler, max(start, scheduler.music_now()), engine._composed_until)
+        assert self._windows is not None
+        async for window in self._windows:
+            state, notes = engine.step(window)
             if window.received is not None:  # arrival on this machine's clock → notes scheduled
                 self.stats.latencies_ms.append((time.monotonic() - window.received) * 1e3)
             self.stats.windows += 1
@@ -425,6 +509,7 @@ class LivePipeline:
                 self.recorder.write_notes(scheduler.take_played())
             for listener in self.listeners:
                 listener(state, notes)
+        self.stop("end of input")
 
     def _watch_signal(self, state: BrainState) -> None:
         """Say once (log, session events) when every channel, or a whole group, stops or starts carrying signal."""
@@ -474,8 +559,8 @@ class LivePipeline:
             "notes": self.stats.notes,
             "stream_losses": self.stats.stream_losses,
             "reconnects": self.stats.reconnects,
-            "queue_depth": self._queue.depth if self._queue else 0,
-            "windows_dropped": self._queue.dropped if self._queue else 0,
+            "queue_depth": self._windows.depth if self._windows else 0,
+            "windows_dropped": self._windows.dropped if self._windows else 0,
             "latency": self.stats.latency_summary(),
         }
         stats = getattr(self.source, "stats", None)
@@ -484,6 +569,7 @@ class LivePipeline:
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.stats()
         if self.engine is not None:
+            out["recomposed"] = self.engine.recomposed
             out["quality"] = self.quality
             out["notices"] = list(self.engine.notices)
             detector = self.engine.chain.inspector.artifacts if self.engine.chain.inspector is not None else None
@@ -491,48 +577,7 @@ class LivePipeline:
                 out["artifacts"] = dict(detector.counts)
         return out
 
-    # ------------------------------------------------------------------ live control hooks
-    # Used by control/handler.py (MQTT commands, multi-performer sync); the run itself never calls them.
-    # They run on the event loop, between windows, so they never race the composer task.
-
-    @property
-    def music_frontier(self) -> float | None:
-        """Music time (s) up to which notes are composed and scheduled; None before the first window."""
-        return None if self.engine is None else self.engine._composed_until
-
-    def recompose(self, state: BrainState, start: float) -> list[Note]:
-        """Drop the notes scheduled at or after ``start`` and compose ``[start, frontier)`` again.
-
-        After a live change (tempo, key, register) this makes it heard from ``start`` instead of after
-        the lookahead. Needs a composer that can ``rewind`` (the classic one); otherwise does nothing.
-        """
-        engine, scheduler = self.engine, self.scheduler
-        rewind = getattr(engine.composer, "rewind", None) if engine is not None else None
-        if engine is None or scheduler is None or rewind is None or engine._composed_until is None:
-            return []
-        end = engine._composed_until
-        if end <= start:
-            return []
-        scheduler.cancel(after=start)  # clock ticks after start too
-        rewind(start)
-        if self.clock is not None:
-            self.clock.rewind(start)
-        notes = engine.composer.compose(state, start, end)
-        scheduler.schedule(notes)
-        if self.clock is not None:
-            self._tick(engine, scheduler, start, end)
-        if self.recorder is not None:
-            self.recorder.event("recomposed", from_time=round(start, 6))
-        return notes
-
-    # ------------------------------------------------------------------ MIDI clock
-
-    def _tick(self, engine: Engine, scheduler: Scheduler, start: float, end: float) -> None:
-        """Schedule the MIDI clock for ``[start, end)`` from the composer's beat timeline."""
-        assert self.clock is not None
-        msgs = self.clock.span(engine.composer, start, end)
-        if msgs:
-            scheduler.schedule_messages(msgs)
+    # ------------------------------------------------------------------ MIDI clock in
 
     def _open_clock_in(self) -> ClockFollower | None:
         """Open the MIDI input named by ``output.clock_in``; its tempo estimates come to the event loop."""
@@ -544,8 +589,6 @@ class LivePipeline:
                 f"output.clock_in ({port!r}) and control.follow ({self.settings.control.follow!r}) would both set "
                 "the tempo; follow either the MIDI clock or the sync leader, not both."
             )
-        from .control import handler  # noqa: F401  (imported now, not on the event loop at the first change)
-
         loop = asyncio.get_running_loop()
 
         def on_tempo(bpm: float) -> None:  # MIDI thread
@@ -563,27 +606,17 @@ class LivePipeline:
 
     def _follow_clock(self, bpm: float) -> None:
         """Event loop: an incoming clock's tempo estimate; followed once it is ``CLOCK_IN_JITTER`` away."""
-        composer = None if self.engine is None else self.engine.composer
-        if composer is None or not hasattr(composer, "retime") or self.scheduler is None:
+        engine, scheduler = self.engine, self.scheduler
+        if engine is None or scheduler is None or not scheduler.running:
             return
         bpm = round(min(300.0, max(20.0, bpm)), 2)
-        if abs(float(composer.tempo) - bpm) >= CLOCK_IN_JITTER:
-            self.retime_now(bpm)
+        if abs(engine.composer.tempo - bpm) >= CLOCK_IN_JITTER:
+            engine.apply(lambda at: engine.composer.retime(at, bpm))
 
-    def retime_now(self, bpm: float) -> float | None:
-        """Play at ``bpm`` from just after now; what was scheduled beyond is composed again.
 
-        The same cut as the MQTT ``set_tempo`` command (control/handler.py): the composer changes tempo
-        ``CUT_MARGIN`` after now and :meth:`recompose` makes it heard at once. Returns the music time of
-        the change, or None before the first window.
-        """
-        from .control.handler import CUT_MARGIN
-
-        engine, scheduler = self.engine, self.scheduler
-        if engine is None or scheduler is None or not scheduler.running or engine._composed_until is None:
-            return None
-        at = max(scheduler.music_now() + CUT_MARGIN, 0.0)
-        engine.composer.retime(at, bpm)
-        if self._last_state is not None and engine._composed_until > at:
-            self.recompose(self._last_state, at)
-        return at
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside a (nested) exception group, in order."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out

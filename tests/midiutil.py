@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import rtmidi
 
-from brainharmonic_rt.sinks.rtmidi_port import close_midi_in
+from brainharmonic_rt.midiports import close_midi_in
 
 
 class MidiReader:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from brainharmonic_rt.config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
+from brainharmonic_rt.evaluation.music_metrics import from_notes, simultaneity
 from brainharmonic_rt.events import BrainState, GroupState, Note
 from brainharmonic_rt.music.arbiter import FORBID, Arbiter
 from brainharmonic_rt.music.classic import ClassicComposer
 from brainharmonic_rt.music.ensemble import resolve_instruments
-from brainharmonic_rt.music.evaluate import from_notes, simultaneity
 from brainharmonic_rt.music.harmony import BarPlan, HarmonicPlan
 from brainharmonic_rt.music.scales import pitch_classes
 

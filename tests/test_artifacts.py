@@ -10,10 +10,10 @@ import pytest
 
 from brainharmonic_rt.brain.classic import ClassicBrain
 from brainharmonic_rt.config import load_settings
+from brainharmonic_rt.evaluation.artifact_sim import add_artifacts, blink_shape, score
 from brainharmonic_rt.events import Chunk, SignalInfo
 from brainharmonic_rt.pipeline import render
 from brainharmonic_rt.signal import SignalChain
-from brainharmonic_rt.signal.artifact_sim import add_artifacts, blink_shape, score
 from brainharmonic_rt.sources.files import ArraySource, open_recordings
 
 pytestmark = pytest.mark.timeout(300)

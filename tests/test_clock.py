@@ -17,8 +17,8 @@ import pytest
 from brainharmonic_rt.config import InstrumentSettings
 from brainharmonic_rt.errors import SinkError
 from brainharmonic_rt.events import Note
-from brainharmonic_rt.music.clock import Scheduler, events_from_notes
 from brainharmonic_rt.sinks.base import MemorySink
+from brainharmonic_rt.sinks.scheduler import Scheduler, events_from_notes
 
 
 class StampSink(MemorySink):

@@ -27,7 +27,6 @@ import aiomqtt
 import pytest
 
 from brainharmonic_rt.config import load_settings
-from brainharmonic_rt.control.broker import MosquittoBroker
 from brainharmonic_rt.control.live import LiveControl
 from brainharmonic_rt.control.mqtt import Topics
 from brainharmonic_rt.music.scales import pitch_classes
@@ -36,6 +35,7 @@ from brainharmonic_rt.recording import read_jsonl
 from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink
 from brainharmonic_rt.sources.lsl import LSLSource
 
+from .broker import MosquittoBroker
 from .lslutil import SyntheticOutlet
 from .midiutil import MidiReader, note_ons
 

@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 
 from brainharmonic_rt.config import ControlSettings
 from brainharmonic_rt.control import COMMAND_KINDS, Command, CommandError, ControlPlane, Topics
-from brainharmonic_rt.control.broker import MosquittoBroker, make_test_certificates
 from brainharmonic_rt.control.messages import (
     Mute,
     Panic,
@@ -47,6 +46,8 @@ from brainharmonic_rt.control.messages import (
     Unmute,
 )
 from brainharmonic_rt.errors import BrainharmonicError
+
+from .broker import MosquittoBroker, make_test_certificates
 
 INSTRUMENTS = ("frontal", "central", "occipital")
 

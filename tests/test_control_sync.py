@@ -18,10 +18,10 @@ from brainharmonic_rt.control.sync import SNAP_BEATS, BeatSync
 from brainharmonic_rt.errors import ConfigError
 from brainharmonic_rt.events import BrainState, GroupState, Note
 from brainharmonic_rt.music.classic import ClassicComposer
-from brainharmonic_rt.music.clock import Scheduler
 from brainharmonic_rt.music.ensemble import resolve_instruments
 from brainharmonic_rt.music.scales import pitch_classes
 from brainharmonic_rt.sinks.base import MemorySink
+from brainharmonic_rt.sinks.scheduler import Scheduler
 
 NAMES = ["frontal", "central", "parietal"]
 HOP = 0.25

@@ -26,9 +26,10 @@ import pytest
 
 from brainharmonic_rt.config import load_settings
 from brainharmonic_rt.control import ControlPlane, Topics
-from brainharmonic_rt.control.broker import DEFAULT_ACL, MosquittoBroker
 from brainharmonic_rt.errors import ConfigError
 from brainharmonic_rt.signal.channels import group_channels
+
+from .broker import DEFAULT_ACL, MosquittoBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

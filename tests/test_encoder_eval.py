@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainharmonic_rt.brain.evaluate import add_eval_arguments, eval_encoder, evaluate, format_report
-from brainharmonic_rt.brain.modelcard import read_section, write_section
-from brainharmonic_rt.brain.probe import (
+from brainharmonic_rt.config import Settings
+from brainharmonic_rt.errors import DataError
+from brainharmonic_rt.evaluation.encoder import add_eval_arguments, eval_encoder, evaluate, format_report
+from brainharmonic_rt.evaluation.modelcard import read_section, write_section
+from brainharmonic_rt.evaluation.probe import (
     balanced_accuracy,
     fit_probe,
     leave_subjects_out,
     perplexity,
     subject_folds,
 )
-from brainharmonic_rt.brain.sessions import discover_sessions, open_session
-from brainharmonic_rt.config import Settings
-from brainharmonic_rt.errors import DataError
+from brainharmonic_rt.evaluation.sessions import discover_sessions, open_session
 
 
 def test_eegmat_sessions_are_rest_then_task(eegmat_dir: Path) -> None:

@@ -12,10 +12,10 @@ import pytest
 from scipy.signal import resample_poly
 
 from brainharmonic_rt.brain.classic import ClassicBrain
-from brainharmonic_rt.brain.embed import embed
 from brainharmonic_rt.brain.encoder import DEFAULT_MODEL, EncoderModel, LearnedBrain, region_ids
 from brainharmonic_rt.config import BandSettings, EncoderSettings, Settings, SignalSettings, load_settings
 from brainharmonic_rt.errors import ConfigError, ModelError
+from brainharmonic_rt.evaluation.embed import embed
 from brainharmonic_rt.events import SignalInfo, Window
 from brainharmonic_rt.onnx_models import choose_providers, open_model
 from brainharmonic_rt.signal import SignalChain
@@ -293,7 +293,7 @@ def test_runtime_never_imports_torch() -> None:
 
 
 def test_async_embed_source_is_reusable_in_a_running_loop(eegmat_dir: Path, model: EncoderModel) -> None:
-    from brainharmonic_rt.brain.embed import embed_source
+    from brainharmonic_rt.evaluation.embed import embed_source
 
     source = open_recordings([eegmat_dir / "Subject02_1.edf"], seconds=4)
     res = asyncio.run(embed_source(source, Settings(), model=model))

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from brainharmonic_rt.brain.encoder import EncoderModel, EncoderSpec, LearnedBrain
-from brainharmonic_rt.brain.modelcard import read_section
-from brainharmonic_rt.brain.sessions import discover_sessions, open_session, prepare_arrays
 from brainharmonic_rt.config import BandSettings, EncoderSettings, SignalSettings
 from brainharmonic_rt.errors import ConfigError, DataError, ModelError
+from brainharmonic_rt.evaluation.modelcard import read_section
+from brainharmonic_rt.evaluation.sessions import discover_sessions, open_session, prepare_arrays
 from brainharmonic_rt.training.cli_train import (
     add_export_arguments,
     add_train_arguments,
@@ -80,7 +80,7 @@ def test_exported_model_matches_torch_within_1e4(tiny: Path, rest_arrays) -> Non
 
 
 def test_runtime_serves_the_freshly_trained_model(tiny: Path, eegmat_dir: Path) -> None:
-    from brainharmonic_rt.brain.sessions import session_windows
+    from brainharmonic_rt.evaluation.sessions import session_windows
 
     files = discover_sessions(eegmat_dir, ["Subject03"])[0]
     session = open_session(files, seconds=8)

@@ -14,8 +14,8 @@ import pytest
 
 from brainharmonic_rt.config import GeneratorSettings, InstrumentSettings, MusicSettings
 from brainharmonic_rt.errors import ConfigError, DataError, ModelError
+from brainharmonic_rt.evaluation.music_metrics import evaluate_file
 from brainharmonic_rt.events import BrainState, GroupState
-from brainharmonic_rt.music.evaluate import evaluate_file
 from brainharmonic_rt.music.generator import FORBID, GeneratorModel, Voice, sample
 from brainharmonic_rt.music.scales import pitch_classes
 
@@ -317,7 +317,7 @@ def test_composer_centres_each_latent_source_on_its_calibration(trained: Path) -
 
 
 def test_generate_and_eval_music(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from brainharmonic_rt.music.commands import add_eval_music_args, add_generate_args, eval_music, generate
+    from brainharmonic_rt.evaluation.generate import add_eval_music_args, add_generate_args, eval_music, generate
 
     p = argparse.ArgumentParser()
     add_generate_args(p)

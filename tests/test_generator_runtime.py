@@ -70,8 +70,8 @@ def test_learned_mode_end_to_end(eegmat_dir: Path) -> None:
 
 def test_groove_nudge_makes_rhythms_repeat() -> None:
     """The committed generator, 16-bar pieces from prior latents: more repeated rhythm with the nudge."""
-    from brainharmonic_rt.music.commands import GENERATE_GROOVE, generate_notes
-    from brainharmonic_rt.music.evaluate import evaluate, from_notes
+    from brainharmonic_rt.evaluation.generate import GENERATE_GROOVE, generate_notes
+    from brainharmonic_rt.evaluation.music_metrics import evaluate, from_notes
     from brainharmonic_rt.music.generator import GeneratorModel
 
     model = GeneratorModel(MODELS / "generator.onnx")
@@ -112,7 +112,7 @@ def test_engine_keeps_session_centres_across_mode_switches(eegmat_dir: Path) -> 
         for k in range(a, b, 64):
             chunk = Chunk(np.ascontiguousarray(src.data[:, k : min(k + 64, b)]), stamps[k : min(k + 64, b)])
             for w in engine.windows(chunk):
-                state, _ = engine.compose(w)
+                state, _ = engine.step(w)
                 calibrating += state.calibrating
 
     feed(0.0, 8.0)

@@ -129,19 +129,21 @@ def test_errors(tmp_path: Path) -> None:
         LatentMap.load(tmp_path / "other.npz")
 
 
-def test_bandpower_features_order() -> None:
-    g = GroupState("frontal", {}, {"alpha": 1.0, "beta": -2.0}, 3)
-    assert bandpower_features(g).tolist() == [0.0, 0.0, 1.0, -2.0, 0.0]
-    s = BrainState(0, 1.0, 1.0, (g, GroupState("x", {}, {"alpha": 3.0, "beta": 0.0}, 2)), False)
+def test_bandpower_features_are_the_bands_the_brain_computes() -> None:
+    """House-issue defect: the features listed five bands (delta..gamma) while the brain computes three, so two
+    inputs were always 0 and the music latent's largest-variance axes never moved."""
+    g = GroupState("frontal", {}, {"theta": 0.5, "alpha": 1.0, "beta": -2.0}, 3)
+    assert bandpower_features(g).tolist() == [0.5, 1.0, -2.0]
+    s = BrainState(0, 1.0, 1.0, (g, GroupState("x", {}, {"theta": 0.0, "alpha": 3.0, "beta": 0.0}, 2)), False)
     assert bandpower_features(s, ("alpha", "beta")).tolist() == [2.0, -1.0]
 
 
 @pytest.mark.skipif(not (MODELS / "encoder.onnx").is_file(), reason="no committed encoder")
 def test_real_encoder_latents_keep_distances(eegmat_dir: Path) -> None:
     """Encoder latents of one real session, map fitted on its first half, checked on the second."""
-    from brainharmonic_rt.brain.embed import embed_source
-    from brainharmonic_rt.brain.sessions import discover_sessions, open_session
     from brainharmonic_rt.config import Settings
+    from brainharmonic_rt.evaluation.embed import embed_source
+    from brainharmonic_rt.evaluation.sessions import discover_sessions, open_session
 
     session = discover_sessions(eegmat_dir, ["Subject00"])[0]
     e = asyncio.run(embed_source(open_session(session, seconds=120).source, Settings()))

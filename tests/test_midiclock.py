@@ -29,15 +29,17 @@ import rtmidi
 
 from brainharmonic_rt.config import MusicSettings, load_settings
 from brainharmonic_rt.errors import ConfigError, SinkError
+from brainharmonic_rt.midiports import PPQN
 from brainharmonic_rt.music.classic import ClassicComposer
-from brainharmonic_rt.music.clock import Scheduler
 from brainharmonic_rt.music.ensemble import resolve_instruments
-from brainharmonic_rt.music.midiclock import PPQN, ClockFollower, ClockTrack, TempoEstimator, tick_times
 from brainharmonic_rt.pipeline import LivePipeline
 from brainharmonic_rt.sinks.base import MemorySink
+from brainharmonic_rt.sinks.midiclock import ClockTrack, tick_times
 from brainharmonic_rt.sinks.midifile import MidiFileSink
 from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink
+from brainharmonic_rt.sinks.scheduler import Scheduler
 from brainharmonic_rt.sources.lsl import LSLSource
+from brainharmonic_rt.sources.midiclock import ClockFollower, TempoEstimator
 
 from .lslutil import SyntheticOutlet
 from .midiutil import MidiReader, note_ons, unmatched_notes

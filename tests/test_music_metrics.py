@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from brainharmonic_rt.config import InstrumentSettings
+from brainharmonic_rt.evaluation.music_metrics import (
+    Metrics,
+    dissonant_share,
+    evaluate,
+    evaluate_file,
+    from_notes,
+    simultaneity,
+)
 from brainharmonic_rt.events import Note
-from brainharmonic_rt.music.evaluate import Metrics, dissonant_share, evaluate, evaluate_file, from_notes, simultaneity
 from brainharmonic_rt.sinks.midifile import notes_to_midi
 
 TEMPO = 120.0  # 0.5 s per beat
@@ -89,7 +96,7 @@ def test_empty_piece() -> None:
 
 
 def test_runtime_notes_and_their_file_give_the_same_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from brainharmonic_rt.music.commands import add_eval_music_args, eval_music
+    from brainharmonic_rt.evaluation.generate import add_eval_music_args, eval_music
 
     rng = np.random.default_rng(0)
     notes = []

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainharmonic_rt.events import Note
-from brainharmonic_rt.music.responsiveness import (
+from brainharmonic_rt.evaluation.responsiveness import (
     FEATURES,
     bar_features,
     bar_labels,
     cliffs_delta,
     spearman,
 )
+from brainharmonic_rt.events import Note
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,9 @@ def test_effect_sizes() -> None:
 
 def test_ensemble_benchmark_core_on_short_sessions(eegmat_dir: Path) -> None:
     """What bench_ensemble.py runs, on 60 s of rest + 60 s of task: 2 subjects classic, 1 learned."""
-    from brainharmonic_rt.brain.sessions import discover_sessions
     from brainharmonic_rt.config import load_settings
-    from brainharmonic_rt.music.responsiveness import render_session, summarize_mode
+    from brainharmonic_rt.evaluation.responsiveness import render_session, summarize_mode
+    from brainharmonic_rt.evaluation.sessions import discover_sessions
 
     sessions = discover_sessions(eegmat_dir, ["Subject00", "Subject01"])
     for mode, chosen in (("classic", sessions), ("learned", sessions[:1])):

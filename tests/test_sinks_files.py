@@ -12,10 +12,10 @@ import pytest
 from brainharmonic_rt.config import DEFAULT_SOUNDFONT, InstrumentSettings, MusicSettings
 from brainharmonic_rt.errors import ConfigError, DataError, SinkError
 from brainharmonic_rt.events import Note
-from brainharmonic_rt.music.clock import Scheduler
 from brainharmonic_rt.sinks.base import open_sink
 from brainharmonic_rt.sinks.midifile import MidiFileSink, notes_to_midi, read_notes
 from brainharmonic_rt.sinks.pianoroll import save_pianoroll
+from brainharmonic_rt.sinks.scheduler import Scheduler
 from brainharmonic_rt.sinks.synth import render_wav
 
 INSTRUMENTS = {

@@ -14,15 +14,9 @@ import rtmidi
 from brainharmonic_rt.config import InstrumentSettings
 from brainharmonic_rt.errors import ConfigError, SinkError
 from brainharmonic_rt.events import Note
-from brainharmonic_rt.music.clock import Scheduler
-from brainharmonic_rt.sinks.rtmidi_port import (
-    RtMidiSink,
-    callback_refs,
-    close_midi_in,
-    compiled_apis,
-    format_ports,
-    list_ports,
-)
+from brainharmonic_rt.midiports import callback_refs, close_midi_in, compiled_apis, format_ports, list_ports
+from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink
+from brainharmonic_rt.sinks.scheduler import Scheduler
 
 from .midiutil import MidiReader, all_notes_off, note_offs, note_ons, unmatched_notes
 
@@ -204,7 +198,7 @@ def test_bad_api_and_no_port_choice() -> None:
 
 _CLOSE_RACE = """
 import sys, threading, time, rtmidi
-from brainharmonic_rt.sinks.rtmidi_port import close_midi_in
+from brainharmonic_rt.midiports import close_midi_in
 out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "bh-test-flood")
 out.open_virtual_port(sys.argv[1])
 stop = threading.Event()

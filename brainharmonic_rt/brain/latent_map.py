@@ -41,7 +41,6 @@ from ..events import BrainState, GroupState
 
 Scaling = Literal["whiten", "similarity"]
 DEFAULT_MAP = Path(__file__).resolve().parents[2] / "models" / "latent_map.npz"
-BANDS = ("delta", "theta", "alpha", "beta", "gamma")
 _EPS = 1e-8
 
 
@@ -252,7 +251,10 @@ def distance_spearman(x: np.ndarray, y: np.ndarray, max_points: int = 400, seed:
     return float(spearmanr(pdist(x[idx]), pdist(y[idx])).statistic)
 
 
-def bandpower_features(group: GroupState | BrainState, bands: Sequence[str] = BANDS) -> np.ndarray:
-    """Band z-scores (of a group, or the group mean of a state) as a vector (len(bands),), 0 if absent."""
+def bandpower_features(group: GroupState | BrainState, bands: Sequence[str] | None = None) -> np.ndarray:
+    """Band z-scores (of a group, or the group mean of a state) as a vector: the bands the brain computes,
+    in its order (or ``bands``, 0 where absent). Only computed bands count, so every dimension moves: the
+    map puts the first on the music latent's largest-variance axis."""
     z = group.z_mean if isinstance(group, BrainState) else group.z
-    return np.array([float(z.get(b, 0.0)) for b in bands], np.float32)
+    names = tuple(z) if bands is None else tuple(bands)
+    return np.array([float(z.get(b, 0.0)) for b in names], np.float32)

@@ -4,16 +4,16 @@ Every command is checked completely before anything changes, so a refused one (a
 :class:`~.messages.CommandError` naming the field) leaves the music exactly as it was; no
 command stops the music. Changes are heard at once, not after the composing lookahead:
 
-* tempo, key/scale, register, unmute, the end of a solo: the composer changes from
-  ``now + CUT_MARGIN`` on, the notes already scheduled beyond that point are dropped and
-  composed again with the last brain state (:meth:`LivePipeline.recompose`); the grid phase
-  continues across a tempo change;
+* tempo, key/scale, register, unmute, the end of a solo: through :meth:`Engine.apply`, the one owner
+  of live edits: the composer changes from ``now + CUT_MARGIN`` on, the notes already scheduled
+  beyond that point are dropped and composed again with the last brain state (in either mode); the
+  grid phase continues across a tempo change;
 * mute, solo: the silenced instruments' pending notes are dropped, their sounding notes get
   note_off now, their channels CC 123;
 * program: a program_change goes to every sink now;
 * panic: note_off for every sounding note and CC 123/64 on every channel; the music resumes
   with the next window;
-* temperature: stored here (the classic composer does not sample; the learned generator reads it);
+* temperature: the learned generator samples with it; the classic composer keeps it for a switch to learned;
 * mode: the engine switches composers live (``Engine.set_mode``: same grid, plan, arbiter);
 * recording: a session folder under ``record.dir`` opens or closes while the music plays;
 * reload: the TOML the service was started with is read again; tempo, key, scale, polyphony,
@@ -34,7 +34,6 @@ import mido
 
 from ..config import InstrumentSettings, Settings, load_settings
 from ..errors import BrainharmonicError, ConfigError
-from ..events import BrainState, Note
 from ..music.scales import scale_pitches
 from ..recording import SessionRecorder
 from .messages import (
@@ -56,14 +55,13 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
-    from ..music.clock import Scheduler
-    from ..pipeline import LivePipeline
+    from ..music.composer import Composer
+    from ..pipeline import Engine, LivePipeline
+    from ..sinks.scheduler import Scheduler
     from .sync import BeatSync
 
 log = logging.getLogger(__name__)
 
-#: A change applies this long after "now", so the notes composed again are never late (applying takes ~0.3 ms).
-CUT_MARGIN = 0.01
 #: Music settings a reload may change while playing (instruments are compared field by field).
 LIVE_MUSIC = ("tempo", "key", "scale", "max_polyphony", "smoothing", "instruments")
 #: Instrument fields a reload may change while playing.
@@ -96,14 +94,8 @@ class PipelineHandler:
         self.overrides = dict(overrides or {})
         self.sync = sync
         self.on_change = on_change
-        self.temperature: float | None = None  #: last set_temperature, for the learned generator
-        self.last_state: BrainState | None = None
         self.own_recorder: SessionRecorder | None = None  #: a recording started by command
         self._closing: set[asyncio.Task[None]] = set()
-
-    def on_window(self, state: BrainState, notes: list[Note]) -> None:
-        """Pipeline listener: keep the latest brain state (re-composing after a change needs it)."""
-        self.last_state = state
 
     # ------------------------------------------------------------------ dispatch
 
@@ -140,7 +132,7 @@ class PipelineHandler:
 
     # ------------------------------------------------------------------ helpers
 
-    def _parts(self) -> tuple[Any, Scheduler, Any]:
+    def _parts(self) -> tuple[Engine, Scheduler, Composer[Any]]:
         """(engine, scheduler, composer) of the running pipeline, or a polite refusal."""
         p = self.pipeline
         if p.engine is not None and p.scheduler is not None and not p.scheduler.running:
@@ -153,13 +145,8 @@ class PipelineHandler:
             )
         return p.engine, p.scheduler, p.engine.composer
 
-    def _can(self, composer: Any, what: str, *methods: str) -> None:
-        missing = [m for m in methods if not hasattr(composer, m)]
-        if missing:
-            raise CommandError(None, f"'{what}' is not supported by the {type(composer).__name__} composer")
-
-    def _instrument(self, composer: Any, name: str) -> InstrumentSettings:
-        instruments: dict[str, InstrumentSettings] = composer.instruments
+    def _instrument(self, composer: Composer[Any], name: str) -> InstrumentSettings:
+        instruments = composer.instruments
         if name not in instruments:
             raise CommandError(
                 "instrument", f"names no instrument here (got {name!r}); use one of {', '.join(instruments)}"
@@ -176,17 +163,12 @@ class PipelineHandler:
             )
 
     def _cut(self, change: Callable[[float], object]) -> float:
-        """Apply ``change(at)`` to the composer from ``at`` ≈ now on and re-compose what was scheduled after it.
+        """Apply ``change(at)`` through the engine (heard from ``at`` ≈ now on), then publish the change.
 
         ``change`` must validate before it mutates: if it raises, nothing has changed.
         """
-        p = self.pipeline
-        _, scheduler, _ = self._parts()
-        frontier = p.music_frontier
-        at = max(scheduler.music_now() + CUT_MARGIN, 0.0)
-        change(at)
-        if frontier is not None and self.last_state is not None and frontier > at:
-            p.recompose(self.last_state, at)
+        engine, _, _ = self._parts()
+        at = engine.apply(change)
         self._changed()
         return at
 
@@ -209,7 +191,6 @@ class PipelineHandler:
 
     def _tempo(self, bpm: float) -> dict[str, Any]:
         _, _, composer = self._parts()
-        self._can(composer, "set_tempo", "retime", "beat_at")
         self._refuse_if_following("bpm", "set_tempo")
         clock_in = self.pipeline.settings.output.clock_in
         if clock_in is not None:
@@ -219,7 +200,6 @@ class PipelineHandler:
 
     def _key(self, key: str, scale: str | None) -> dict[str, Any]:
         _, _, composer = self._parts()
-        self._can(composer, "set_key", "set_key")
         self._refuse_if_following("key", "set_key")
 
         def change(at: float) -> None:
@@ -233,7 +213,6 @@ class PipelineHandler:
 
     def _register(self, name: str, low: int, high: int) -> dict[str, Any]:
         _, _, composer = self._parts()
-        self._can(composer, "set_register", "set_register")
         self._instrument(composer, name)
         try:
             scale_pitches(composer.key, composer.scale, low, high)
@@ -246,7 +225,6 @@ class PipelineHandler:
 
     def _mute(self, name: str, muted: bool) -> dict[str, Any]:
         _, scheduler, composer = self._parts()
-        self._can(composer, "mute", "set_muted")
         inst = self._instrument(composer, name)
         composer.set_muted(name, muted)
         if muted:
@@ -258,7 +236,6 @@ class PipelineHandler:
 
     def _solo(self, name: str | None) -> dict[str, Any]:
         _, scheduler, composer = self._parts()
-        self._can(composer, "solo", "set_solo", "silenced")
         if name is not None:
             self._instrument(composer, name)
         before: set[str] = composer.silenced()
@@ -276,7 +253,6 @@ class PipelineHandler:
 
     def _program(self, name: str, program: int) -> dict[str, Any]:
         engine, scheduler, composer = self._parts()
-        self._can(composer, "set_program", "set_program")
         inst = self._instrument(composer, name)
         sharing = [n for n, i in composer.instruments.items() if n != name and i.channel == inst.channel]
         if sharing:
@@ -286,48 +262,30 @@ class PipelineHandler:
                 "give them separate channels in music.instruments",
             )
         scheduler.send_now(mido.Message("program_change", channel=inst.channel, program=program))
-        composer.set_program(name, program)
-        if isinstance(getattr(engine, "instruments", None), dict) and name in engine.instruments:
-            engine.instruments[name] = composer.instruments[name]
+        engine.set_program(name, program)
         self._changed()
         return {"instrument": name, "program": program, "channel": inst.channel}
 
     def _temperature(self, t: float) -> dict[str, Any]:
-        engine, _, composer = self._parts()
-        self.temperature = t
-        for target in (composer, engine):
-            setter = getattr(target, "set_temperature", None)
-            if callable(setter):
-                setter(t)
-                return {"temperature": t, "applied_to": type(target).__name__}
+        _, _, composer = self._parts()
+        if composer.set_temperature(t):
+            return {"temperature": t, "applied_to": type(composer).__name__}
         return {
             "temperature": t,
             "stored": True,
-            "note": "the classic composer does not sample; the learned generator reads this value in learned mode",
+            "note": "the classic composer does not sample; the learned generator takes this value in learned mode",
         }
 
     def _mode(self, mode: str) -> dict[str, Any]:
         engine, _, _ = self._parts()
-        current = getattr(engine, "mode", None) or self.pipeline.settings.music.mode
-        if mode == current:
+        if mode == engine.mode:
             return {"mode": mode, "changed": False}
-        for target in (self.pipeline, engine):
-            switch = getattr(target, "set_mode", None)
-            if callable(switch):
-                try:
-                    result = switch(mode)
-                except BrainharmonicError as exc:
-                    raise CommandError("mode", f"cannot switch to '{mode}' now: {exc}") from None
-                set_temperature = getattr(getattr(engine, "composer", None), "set_temperature", None)
-                if self.temperature is not None and callable(set_temperature):
-                    set_temperature(self.temperature)  # a temperature sent in classic mode
-                self._changed()
-                return {"mode": mode, "changed": True, **(result if isinstance(result, dict) else {})}
-        raise CommandError(
-            "mode",
-            f"cannot switch to '{mode}' in this running pipeline: it plays {current} mode and has no {mode} "
-            f"generator loaded; restart the service with --mode {mode} (the music goes on in {current} mode)",
-        )
+        try:
+            result = engine.set_mode(mode)  # the new composer adopts the old one's temperature too
+        except BrainharmonicError as exc:
+            raise CommandError("mode", f"cannot switch to '{mode}' now: {exc}") from None
+        self._changed()
+        return {"mode": mode, "changed": True, **result}
 
     # ------------------------------------------------------------------ recording
 
@@ -380,7 +338,6 @@ class PipelineHandler:
 
     def _reload(self) -> dict[str, Any]:
         _, _, composer = self._parts()
-        self._can(composer, "reload_config", "retime", "set_key", "set_limits", "instruments")
         if self.config_file is None:
             raise CommandError(None, "cannot reload: the service was started without --config, so there is no file")
         try:

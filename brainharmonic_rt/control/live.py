@@ -21,12 +21,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..events import BrainState, Note
-from .handler import CUT_MARGIN, PipelineHandler
+from .handler import PipelineHandler
 from .messages import BrainTelemetry, HealthTelemetry, MusicTelemetry
 from .mqtt import SYNC_KIND, ControlPlane, MessageCallback, Topics
 from .sync import BeatSync
 
 if TYPE_CHECKING:
+    from ..music.composer import Composer
     from ..pipeline import LivePipeline
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,6 @@ class LiveControl:
 
     def _on_window(self, state: BrainState, notes: list[Note]) -> None:
         """Pipeline listener (event loop, right after the window's notes were scheduled)."""
-        self.handler.on_window(state, notes)
         try:
             self._align()
             self._publish_sync()
@@ -91,18 +91,14 @@ class LiveControl:
                 self._warned = True
                 log.exception("Building telemetry failed; the music goes on (logged once).")
 
-    def _clock(self) -> tuple[Any, float, float] | None:
-        """(composer, frontier, origin) when the pipeline composes with a clocked composer."""
+    def _clock(self) -> tuple[Composer[Any], float, float] | None:
+        """(composer, frontier, origin) while the pipeline composes."""
         engine, scheduler = self.pipeline.engine, self.pipeline.scheduler
-        frontier = self.pipeline.music_frontier
-        if engine is None or scheduler is None or frontier is None or scheduler.origin is None:
+        if engine is None or scheduler is None or engine.frontier is None or scheduler.origin is None:
             return None
         if not scheduler.running:  # the run has ended; messages may still arrive until the plane closes
             return None
-        composer = engine.composer
-        if not hasattr(composer, "retime"):
-            return None
-        return composer, frontier, scheduler.origin
+        return engine.composer, engine.frontier, scheduler.origin
 
     def _align(self) -> None:
         if self.sync is None or self.sync.follow is None:
@@ -132,15 +128,12 @@ class LiveControl:
         if not self.sync.on_message(topic, payload, arrived):
             return
         clock = self._clock()
-        if clock is None or self.handler.last_state is None:
+        engine = self.pipeline.engine
+        if clock is None or engine is None:
             return
-        composer, frontier, origin = clock
-        scheduler = self.pipeline.scheduler
-        assert scheduler is not None
-        at = max(scheduler.music_now() + CUT_MARGIN, 0.0)
-        self.sync.align(composer, at, origin, snap=True)
-        if frontier > at:
-            self.pipeline.recompose(self.handler.last_state, at)
+        composer, _, origin = clock
+        sync = self.sync
+        engine.apply(lambda at: sync.align(composer, at, origin, snap=True))
         self._publish_music()
 
     # ------------------------------------------------------------------ payloads
@@ -156,25 +149,26 @@ class LiveControl:
         if p.engine is None or p.scheduler is None or not p.scheduler.running:
             return None
         c = p.engine.composer
-        now = p.scheduler.music_now()
-        beat = c.beat_at(now) if hasattr(c, "beat_at") else None
-        plan = getattr(c, "plan", None)
-        bar = plan.current if plan is not None else None
-        return MusicTelemetry(
-            key=getattr(c, "key", p.settings.music.key),
-            scale=getattr(c, "scale", p.settings.music.scale),
-            chord=c.chord_name() if hasattr(c, "chord_name") else None,
-            tempo=float(getattr(c, "tempo", p.settings.music.tempo)),
-            mode=getattr(p.engine, "mode", None) or p.settings.music.mode,
-            beat=None if beat is None or beat < 0 else round(float(beat), 4),
-            centre=bar.key if bar is not None else None,
-            tonality=bar.mode if bar is not None else None,
-            level=bar.level if bar is not None else None,
-            arousal=round(float(plan.arousal), 4) if plan is not None else None,
-            notes={k: v for k, v in p.scheduler.sounding().items() if k},
-            muted=list(getattr(c, "muted", [])),
-            solo=getattr(c, "solo", None),
-            recording=p.recorder is not None,
+        beat = c.beat_at(p.scheduler.music_now())
+        bar = c.plan.current
+        # Validated by the model (key, scale and mode names are checked there, not re-typed here).
+        return MusicTelemetry.model_validate(
+            {
+                "key": c.key,
+                "scale": c.scale,
+                "chord": c.chord_name(),
+                "tempo": float(c.tempo),
+                "mode": p.engine.mode,
+                "beat": None if beat < 0 else round(float(beat), 4),
+                "centre": bar.key if bar is not None else None,
+                "tonality": bar.mode if bar is not None else None,
+                "level": bar.level if bar is not None else None,
+                "arousal": round(float(c.plan.arousal), 4),
+                "notes": {k: v for k, v in p.scheduler.sounding().items() if k},
+                "muted": c.muted,
+                "solo": c.solo,
+                "recording": p.recorder is not None,
+            }
         )
 
     def health(self) -> HealthTelemetry:

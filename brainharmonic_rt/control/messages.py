@@ -438,7 +438,6 @@ class HealthTelemetry(Payload):
 # --------------------------------------------------------------------------- multi-performer sync
 
 #: Beats per bar of every instance (the classic composer's bar); bars align when beat numbers do.
-BEATS_PER_BAR = 4
 
 
 class SyncBeat(Payload):

@@ -39,7 +39,8 @@ from pydantic import ValidationError
 
 from ..config import ControlSettings
 from ..errors import ConfigError
-from .messages import BEATS_PER_BAR, SyncBeat
+from ..music.constants import BEATS_PER_BAR
+from .messages import SyncBeat
 
 log = logging.getLogger(__name__)
 

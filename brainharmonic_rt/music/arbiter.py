@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import HarmonySettings, InstrumentSettings
+from .constants import FORBID
 from .harmony import BarPlan
 
-FORBID = -1e9
 #: per voice: scale pitches, chord pitches, (weak, strong) token biases, register lean, scale / chord tables
 _Sets = tuple[
     list[np.ndarray],

@@ -45,15 +45,13 @@ import numpy as np
 
 from ..config import HarmonySettings, InstrumentSettings, MusicSettings
 from ..events import BrainState, Note
-from .composer import SILENT_BELOW, EnsembleComposer
+from .composer import SILENT_BELOW, Composer
+from .constants import BEATS_PER_BAR, HAT, KICK, SNARE
 from .harmony import BarPlan
 from .scales import quantize, scale_pitches
 
 BANDS = ("theta", "alpha", "beta")
-BEATS_PER_BAR = 4
 _EPS = 1e-9
-
-_KICK, _SNARE, _HAT = 36, 38, 42
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +101,7 @@ class _Voice:
     features: Features = field(default_factory=lambda: features_from_z({}, False))
 
 
-class ClassicComposer(EnsembleComposer[_Voice]):
+class ClassicComposer(Composer[_Voice]):
     """Turns :class:`BrainState` into grid-aligned, in-scale notes, one instrument per group.
 
     Parameters
@@ -167,60 +165,30 @@ class ClassicComposer(EnsembleComposer[_Voice]):
     def _grid_at(self, t: float) -> float:
         return self._timeline.seconds_per_beat(t) / self._spb
 
-    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
-        """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
-        given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering).
-
-        A tempo set from outside (a user, a leader, an incoming MIDI clock) pins it: the plan stops
-        moving the tempo with the brain.
-        """
-        self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
-        self.plan.pin_tempo()
-
-    def adopt(self, other: EnsembleComposer[Any], frontier: float | None = None) -> None:
-        """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
-        arbiter, mute/solo; steps go on from the grid position where ``other`` stopped composing."""
-        self.adopt_shared(other)
+    def _adopted(self, other: Composer[Any], frontier: float | None) -> None:
+        """Steps go on from the grid position where ``other`` stopped composing."""
         self._bar_plan = None
 
     def rewind(self, t: float) -> None:
-        """Forget notes composed with onsets at or after ``t`` (they were cancelled downstream)."""
+        """Forget notes composed with onsets at or after ``t`` (they were cancelled downstream): the grid is
+        stateless in time, so composing ``[t, ...)`` again is all it takes."""
         self.arbiter.rewind(t)
 
-    def set_key(
-        self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None
-    ) -> None:
-        """Key and scale (and optionally registers, name → (low, high)) from now on; pins the key.
+    def _check_instrument(self, inst: InstrumentSettings, key: str, scale: str) -> None:
+        scale_pitches(key, scale, inst.low, inst.high)  # every voice, drums too, keeps an allowed set
 
-        Raises ConfigError, changing nothing, if a register would hold no note of the scale.
-        """
-        scale = self._scale if scale is None else scale
-        registers = dict(registers or {})
-        for name in registers:
-            self._voice(name)
-        bounds = [registers.get(v.name, (v.inst.low, v.inst.high)) for v in self._voices]
-        allowed = [scale_pitches(key, scale, lo, hi) for lo, hi in bounds]
-        for v, a, (lo, hi) in zip(self._voices, allowed, bounds, strict=True):
-            if (lo, hi) != (v.inst.low, v.inst.high):
-                v.inst = v.inst.model_copy(update={"low": int(lo), "high": int(hi)})
-                self.arbiter.set_instrument(v.name, v.inst)
-            v.allowed = a
+    def _key_changed(self) -> None:
+        for v in self._voices:
+            v.allowed = scale_pitches(self._key, self._scale, v.inst.low, v.inst.high)
             v.arp_pos = 0
-        if (key, scale) != (self._key, self._scale):
-            self.plan.set_home(key, scale, pin=True)
-        self._key, self._scale = key, scale
         self._revise_bar = True  # the bar in progress is planned again from the next composed step
-
-    def set_register(self, name: str, low: int, high: int) -> None:
-        """Register of one instrument; raises ConfigError (changing nothing) if it holds no note of the scale."""
-        self.set_key(self._key, self._scale, registers={name: (low, high)})
 
     def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
         """Polyphony cap and feature smoothing from now on (a config reload)."""
+        super().set_limits(max_polyphony=max_polyphony)
         update: dict[str, float | int] = {}
         if max_polyphony is not None:
             update["max_polyphony"] = int(max_polyphony)
-            self.arbiter.max_polyphony = int(max_polyphony)
         if smoothing is not None:
             update["smoothing"] = float(smoothing)
         self._music = self._music.model_copy(update=update)
@@ -380,11 +348,11 @@ class ClassicComposer(EnsembleComposer[_Voice]):
         # percussion (GM drum map; not quantised to the scale)
         out: list[tuple[int, int, float]] = []
         if step % (2 * spb) == 0 and r < 0.9 * min(1.0, f.density):
-            out.append((_KICK, self._velocity(v, accent), 1.0))
+            out.append((KICK, self._velocity(v, accent), 1.0))
         elif on_beat and r < 0.7 * min(1.0, f.density):
-            out.append((_SNARE, self._velocity(v, accent), 1.0))
+            out.append((SNARE, self._velocity(v, accent), 1.0))
         if v.rng.random() < min(0.25 * f.density, 0.95):
-            out.append((_HAT, self._velocity(v, accent, 0.8), 1.0))
+            out.append((HAT, self._velocity(v, accent, 0.8), 1.0))
         return out
 
     def _melody_pitch(self, v: _Voice, on_beat: bool) -> int:

@@ -1,23 +1,31 @@
-"""What every composer shares: the instruments (mute, solo, program), the beat timeline, the harmonic
-plan and the arbiter.
+"""The composer contract, and what every composer shares: the instruments (mute, solo, program, register,
+presence), the beat timeline, the harmonic plan and the arbiter.
 
-Both composers (classic and learned) derive from :class:`EnsembleComposer`, so the control plane,
-multi-performer sync, the MIDI clock and a live mode switch (:meth:`EnsembleComposer.adopt_shared`)
-see one contract, and a change of mode hands the same plan, arbiter and beat grid over.
+:class:`Composer` declares everything the rest of the service may ask of a composer; the engine, the
+control plane, multi-performer sync and the MIDI clock are typed against it, so nothing probes a
+composer with ``hasattr``. Both composers (classic and learned) derive from it, and a change of mode
+hands the same plan, arbiter and beat grid over (:meth:`Composer.adopt`).
+
+Live changes apply from a music time ``at``; the engine then rewinds the composer to ``at``
+(:meth:`Composer.rewind`) and composes ``[at, frontier)`` again, so a change is heard within the cut in
+either mode.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import GestureSettings, HarmonySettings, InstrumentSettings, MusicSettings
+from ..errors import ConfigError
 from ..events import BrainState, Note
 from .arbiter import Arbiter
+from .constants import BEATS_PER_BAR
 from .gestures import gesture_notes
 from .harmony import HarmonicPlan
+from .scales import scale_pitches
 from .timeline import Timeline
-from .tokens import BEATS_PER_BAR
 
 #: Below this presence an instrument plays nothing (its group has had no good channel for about a bar).
 SILENT_BELOW = 0.02
@@ -58,8 +66,9 @@ class _Instrument(Protocol):
 V = TypeVar("V", bound=_Instrument)
 
 
-class EnsembleComposer(Generic[V]):
-    """The shared state and the live controls that do not depend on how notes are made."""
+class Composer(ABC, Generic[V]):
+    """What a composer must do (the abstract methods) and the shared state and live controls that do not
+    depend on how notes are made (everything else, implemented once here)."""
 
     _voices: list[V]
     #: blinks and clenches as percussion (``[gestures]``); None or disabled: they are not heard
@@ -76,9 +85,44 @@ class EnsembleComposer(Generic[V]):
         self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
         self._solo: str | None = None
         self._presence = {name: Presence() for name in instruments}
+        self._temperature: float | None = None
 
-    def adopt_shared(self, other: EnsembleComposer[Any]) -> None:
-        """Take ``other``'s beat grid, plan, arbiter, mutes and solo (a live mode switch)."""
+    # -- the contract: what each composer does its own way ------------------------------------------
+
+    @abstractmethod
+    def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
+        """Notes with onsets in ``[start, end)`` (music seconds) for the brain state ``state``, sorted by time."""
+
+    @abstractmethod
+    def rewind(self, t: float) -> None:
+        """Forget what was composed from music time ``t`` on (the scheduler cancelled those notes), so the
+        next :meth:`compose` starting at ``t`` composes them again under the current settings."""
+
+    @property
+    @abstractmethod
+    def steps_per_beat(self) -> int:
+        """Grid steps per beat (each composer has its own grid)."""
+
+    @abstractmethod
+    def _adopted(self, other: Composer[Any], frontier: float | None) -> None:
+        """After :meth:`adopt` took the shared state over: get this composer's own state ready."""
+
+    @abstractmethod
+    def _key_changed(self) -> None:
+        """After :meth:`set_key` changed the key, scale or registers: update what depends on them."""
+
+    def _check_instrument(self, inst: InstrumentSettings, key: str, scale: str) -> None:
+        """Raise ConfigError (or ModelError) if ``inst`` cannot play in ``key`` ``scale``; the default checks
+        that its register holds a note of the scale. Called for every instrument before anything changes."""
+        if inst.role != "percussion":
+            scale_pitches(key, scale, inst.low, inst.high)
+
+    # -- live changes (control commands, sync, clock-in, reload) ------------------------------------
+
+    def adopt(self, other: Composer[Any], frontier: float | None = None) -> None:
+        """Take over from ``other`` mid-session (a live mode switch): its beat grid, plan, arbiter, mutes,
+        solo, presences and temperature; this composer goes on from ``frontier`` (the end of what ``other``
+        composed)."""
         self._timeline, self.plan, self.arbiter = other._timeline, other.plan, other.arbiter
         self._presence = other._presence
         for name in other.muted:
@@ -86,6 +130,65 @@ class EnsembleComposer(Generic[V]):
         self._solo = other.solo
         self.gestures = other.gestures
         self._sync_audible()
+        self._adopted(other, frontier)
+        if other._temperature is not None:
+            self.set_temperature(other._temperature)
+
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
+        """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
+        given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering).
+
+        A tempo set from outside (a user, a leader, an incoming MIDI clock) pins it: the plan stops
+        moving the tempo with the brain.
+        """
+        self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
+        self.plan.pin_tempo()
+
+    def set_key(
+        self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Key and scale (and optionally registers, name → (low, high)) from now on; pins the key.
+
+        Raises ConfigError (or ModelError), changing nothing, if an instrument could not play then.
+        """
+        scale = self._scale if scale is None else scale
+        registers = dict(registers or {})
+        for name in registers:
+            self._voice(name)
+        updated = []
+        for v in self._voices:
+            lo, hi = registers.get(v.name, (v.inst.low, v.inst.high))
+            inst = v.inst.model_copy(update={"low": int(lo), "high": int(hi)})
+            try:
+                self._check_instrument(inst, key, scale)
+            except ConfigError as exc:
+                raise ConfigError(f"Register {lo}..{hi} of {v.name!r} does not fit {key} {scale}: {exc}") from None
+            updated.append(inst)
+        for v, inst in zip(self._voices, updated, strict=True):
+            if inst != v.inst:
+                v.inst = inst
+                self.arbiter.set_instrument(v.name, inst)
+        if (key, scale) != (self._key, self._scale):
+            self.plan.set_home(key, scale, pin=True)
+        self._key, self._scale = key, scale
+        self._key_changed()
+
+    def set_register(self, name: str, low: int, high: int) -> None:
+        """Register of one instrument; raises ConfigError (changing nothing) if it could not play there."""
+        self.set_key(self._key, self._scale, registers={name: (low, high)})
+
+    def set_temperature(self, temperature: float) -> bool:
+        """Sampling temperature from the next note on; returns whether this composer samples (the classic
+        one does not: the value is kept and handed to a learned composer on a mode switch)."""
+        if not 0 < temperature <= 2:
+            raise ConfigError(f"Temperature must be in (0, 2], got {temperature}.")
+        self._temperature = float(temperature)
+        return False
+
+    def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
+        """Polyphony cap (and, where the composer smooths features, the smoothing) from now on (a reload)."""
+        if max_polyphony is not None:
+            self.arbiter.max_polyphony = int(max_polyphony)
 
     def gesture_notes(self, state: BrainState, start: float) -> list[Note]:
         """Percussion for the artifacts first seen in ``state``, on the grid from music time ``start``."""
@@ -104,11 +207,6 @@ class EnsembleComposer(Generic[V]):
     def tempo(self) -> float:
         """Beats per minute of the latest timeline segment."""
         return self._timeline.tempo
-
-    @property
-    def steps_per_beat(self) -> int:
-        """Grid steps per beat (each composer has its own grid)."""
-        raise NotImplementedError
 
     @property
     def grid(self) -> float:

@@ -24,8 +24,7 @@ from pydantic import ValidationError
 
 from ..config import InstrumentSettings, MusicSettings
 from ..errors import ConfigError
-
-PERCUSSION_CHANNEL = 9
+from .constants import DRUM_CHANNEL
 
 #: Default template per role (program is General MIDI, 0-based).
 ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -136,12 +135,12 @@ def resolve_instruments(group_names: Sequence[str], music: MusicSettings) -> dic
 def _assign_channels(merged: dict[str, dict[str, Any]]) -> None:
     """Give each instrument without a user channel the lowest free one (9 only for percussion)."""
     taken = {f["channel"] for f in merged.values() if "channel" in f}
-    free = [c for c in range(16) if c != PERCUSSION_CHANNEL and c not in taken]
+    free = [c for c in range(16) if c != DRUM_CHANNEL and c not in taken]
     for name, fields in merged.items():
         if "channel" in fields:
             continue
         if fields["role"] == "percussion":
-            fields["channel"] = PERCUSSION_CHANNEL
+            fields["channel"] = DRUM_CHANNEL
             continue
         if not free:
             raise ConfigError(
@@ -155,7 +154,7 @@ def _assign_channels(merged: dict[str, dict[str, Any]]) -> None:
 def _check_channels(instruments: dict[str, InstrumentSettings]) -> None:
     by_channel: dict[int, tuple[str, InstrumentSettings]] = {}
     for name, inst in instruments.items():
-        if inst.channel == PERCUSSION_CHANNEL and inst.role != "percussion":
+        if inst.channel == DRUM_CHANNEL and inst.role != "percussion":
             raise ConfigError(
                 f"Instrument for group {name!r} is on channel 9 (General MIDI percussion) but its role is "
                 f"{inst.role}; choose another channel or set role = 'percussion'."

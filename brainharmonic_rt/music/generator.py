@@ -10,21 +10,24 @@ token), then nucleus (top-p) truncation.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..onnx_models import Device, OnnxModel, open_model
+from .constants import FORBID
 from .tokens import NoteDecoder, Vocab
 
 KIND = "music-generator"
 FORMAT = "1"
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "generator.onnx"
-FORBID = -1e9
 _REQUIRED = ("vocab", "latent_dim", "hidden", "n_layers", "vocab_size")
 
 
@@ -131,6 +134,18 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
     return int(rng.choice(p.size, p=p))
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceState:
+    """Everything a :class:`Voice` needs to decode again from one point ("state in, state out"): the
+    recurrent state, the last token, the note decoder and the sampler's RNG. Small: a few KB."""
+
+    state: np.ndarray
+    token: int
+    decoder: NoteDecoder
+    rng: Mapping[str, Any]
+    steps: int
+
+
 @dataclass
 class Voice:
     """One instrument's decoding stream (state, last token, note decoder, RNG)."""
@@ -177,6 +192,22 @@ class Voice:
         self._rhythm = np.r_[self._positions, v.bar]  # the tokens that choose where the next onset goes
         self._special = v.ids_of("special")
         self._pitches = v.pitch_ids()
+
+    def snapshot(self) -> VoiceState:
+        """This voice's decoding state now (restore it to decode again from here)."""
+        return VoiceState(
+            self.state,  # never changed in place: each step hands a new array
+            self.token,
+            dataclasses.replace(self.decoder, notes=list(self.decoder.notes)),
+            copy.deepcopy(self.rng.bit_generator.state),
+            self.steps,
+        )
+
+    def restore(self, saved: VoiceState) -> None:
+        """Go back to ``saved`` (the snapshot stays usable for another restore)."""
+        self.state, self.token, self.steps = saved.state, saved.token, saved.steps
+        self.decoder = dataclasses.replace(saved.decoder, notes=list(saved.decoder.notes))
+        self.rng.bit_generator.state = copy.deepcopy(saved.rng)
 
     def grammar_bias(self) -> np.ndarray:
         """Bias (vocab,) that keeps the stream well formed: positions move forward inside a bar, no

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from ..config import GestureSettings
 from ..events import ArtifactEvent, Note
+from .constants import CRASH, KICK, SNARE
 
-KICK, SNARE, CRASH = 36, 38, 49  #: GM drum map
 HIT_S = 0.1  #: seconds each hit lasts
 INSTRUMENT = "gestures"
 #: gesture name → (sixteenth offset, drum, velocity fraction) hits

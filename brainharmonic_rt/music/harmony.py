@@ -33,9 +33,9 @@ import numpy as np
 
 from ..config import HarmonySettings, MusicSettings
 from ..events import BrainState
+from .constants import BEATS_PER_BAR
 from .scales import pitch_classes
 
-BEATS_PER_BAR = 4
 HISTORY = 100_000  # bars kept for reports (about 17 h at 96 BPM)
 _SHARPS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _FLATS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")

@@ -27,7 +27,9 @@ thinned).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+import copy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +38,15 @@ import numpy as np
 
 from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres, Space, bandpower_features
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
 from ..events import BrainState, Note
-from .composer import SILENT_BELOW, EnsembleComposer
-from .generator import FORBID, GeneratorModel, Voice, step_voices
+from .composer import SILENT_BELOW, Composer
+from .constants import FORBID, HAT, KICK, SNARE
+from .generator import GeneratorModel, Voice, VoiceState, step_voices
 from .scales import pitch_classes
 from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
 
 MAX_NOTE_BEATS = 8.0
-_KICK, _SNARE, _HAT = 36, 38, 42
 #: Notes one voice may start at one onset, by role: a piano-trained model voices chords everywhere, an
 #: ensemble wants single lines from melody and bass (the grammar bias forbids pitches beyond this).
 ROLE_CHORD = {"melody": 1, "bass": 1, "texture": 2, "harmony": 4, "percussion": 3}
@@ -53,6 +55,8 @@ ROLE_CHORD = {"melody": 1, "bass": 1, "texture": 2, "harmony": 4, "percussion": 
 ROLE_GRID = {"harmony": 4, "bass": 2, "melody": 2, "texture": 2}
 TILT = 6.0  # logits across a register per unit of the plan's register shift
 TOKENS_PER_BEAT_BUDGET = 64  # decoding budget per beat of span per voice (the corpus needs ~6)
+#: Span starts kept for rewinds: 16 hops (4 s at the default 0.25 s) reach back past any cut (~now + 10 ms)
+KEPT_SNAPSHOTS = 16
 
 
 def instrument_bias(
@@ -89,7 +93,7 @@ def instrument_bias(
 
 def drum_sound(pitch: int) -> int:
     """GM drum for a pitched note (models without drum data): low → kick, middle → snare, high → closed hat."""
-    return _KICK if pitch < 52 else (_SNARE if pitch < 67 else _HAT)
+    return KICK if pitch < 52 else (SNARE if pitch < 67 else HAT)
 
 
 @dataclass(slots=True)
@@ -108,7 +112,27 @@ class _LVoice:
     veto: Callable[[int], np.ndarray | None] | None = None  # the arbiter's check of a sampled pitch
 
 
-class LearnedComposer(EnsembleComposer[_LVoice]):
+@dataclass(frozen=True, slots=True)
+class _VoiceSnapshot:
+    """One voice at a span start: its decoding state and the composer's per-voice state."""
+
+    voice: VoiceState
+    latent: np.ndarray | None
+    pending: np.ndarray | None
+    thin_rng: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, v: _LVoice) -> _VoiceSnapshot:
+        return cls(v.voice.snapshot(), v.latent, v.pending, copy.deepcopy(v.thin_rng.bit_generator.state))
+
+
+@dataclass(frozen=True, slots=True)
+class _SpanStart:
+    start: float  #: music time (s) the span began at
+    voices: list[_VoiceSnapshot]
+
+
+class LearnedComposer(Composer[_LVoice]):
     """Brain states → notes from the generator, one voice per instrument (same contract as ClassicComposer).
 
     Parameters
@@ -147,8 +171,10 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
                 f"{self.model.latent_dim}; fit the map again for this generator."
             )
         self._band_map: LatentMap | None = None
-        #: the session's latent centres; the pipeline passes its own, fed with every state in any mode
+        #: the session's latent centres; the engine passes its own and feeds them with every state in any mode,
+        #: else (a composer on its own) :meth:`compose` feeds them
         self.centres = centres if centres is not None else SessionCentres()
+        self._feeds_centres = centres is None
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -172,6 +198,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         self._frontier: float | None = None  # end of the last composed span
         self._turn = 0
         self.vetoed = 0  #: sampled pitches the arbiter refused (sampled again from its mask)
+        self._snapshots: collections.deque[_SpanStart] = collections.deque(maxlen=KEPT_SNAPSHOTS)
 
     def _set_biases(self) -> None:
         pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock else None
@@ -190,10 +217,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         """The music latent each voice is playing now (telemetry)."""
         return {v.name: v.latent for v in self._voices}
 
-    def adopt(self, other: EnsembleComposer[Any], frontier: float | None = None) -> None:
-        """Take over from another composer mid-session (a live mode switch): same beat grid, plan,
-        arbiter and mute/solo; the voices start at the first bar line after what ``other`` composed."""
-        self.adopt_shared(other)
+    def _adopted(self, other: Composer[Any], frontier: float | None) -> None:
+        """The voices start at the first bar line after what ``other`` composed."""
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -204,65 +229,42 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         self._bar = first_bar - 1
         for v in self._voices:
             v.offset = float(first_bar * BEATS_PER_BAR)
+        self._snapshots.clear()
 
     # -- live changes ------------------------------------------------------------------------------
     #
-    # The generator's state only moves forward, so a change cannot re-decode notes already composed:
-    # it applies from the end of the composed span (at most one hop after ``at``). There is no
-    # ``rewind``; the pipeline then leaves scheduled notes alone.
+    # Each composed span starts with a snapshot of every voice (its small decoding state); a live change
+    # at ``at`` restores the latest snapshot at or before ``at`` and :meth:`compose` decodes forward again,
+    # keeping only the notes from ``at`` on, so the change is heard within the cut, as in classic mode.
 
-    def _from(self, at: float) -> float:
-        return at if self._frontier is None else max(at, self._frontier)
+    def rewind(self, t: float) -> None:
+        """Forget notes composed with onsets at or after ``t``: the voices go back to the last span start at
+        or before ``t`` (kept for :data:`KEPT_SNAPSHOTS` spans) and decode again from there."""
+        self.arbiter.rewind(t)
+        while self._snapshots and self._snapshots[-1].start > t + 1e-9:
+            self._snapshots.pop()
+        if not self._snapshots:
+            return  # nothing that old is kept: the change applies from the composed frontier
+        snap = self._snapshots[-1]
+        for v, saved in zip(self._voices, snap.voices, strict=True):
+            v.voice.restore(saved.voice)
+            v.latent, v.pending = saved.latent, saved.pending
+            v.thin_rng.bit_generator.state = copy.deepcopy(saved.thin_rng)
+        self._frontier = t
 
-    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
-        """``tempo`` BPM from ``at`` (or the composed frontier, if later) on; pins the tempo (see ClassicComposer)."""
-        at = self._from(at)
-        if beat is not None and self._frontier is not None and at > self._frontier:
-            beat = None
-        self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
-        self.plan.pin_tempo()
+    def _check_instrument(self, inst: InstrumentSettings, key: str, scale: str) -> None:
+        super()._check_instrument(inst, key, scale)
+        instrument_bias(self.model.vocab, inst, pitch_classes(key, scale) if self._gen.scale_lock else None)
 
-    def set_key(
-        self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None
-    ) -> None:
-        """Key and scale (and registers, name → (low, high)) from the next bar on; pins the key.
-
-        Raises ConfigError / ModelError, changing nothing, if a register would hold no playable note.
-        """
-        scale = self._scale if scale is None else scale
-        pcs = pitch_classes(key, scale)
-        updated = []
-        for v in self._voices:
-            lo, hi = (registers or {}).get(v.name, (v.inst.low, v.inst.high))
-            inst = v.inst.model_copy(update={"low": int(lo), "high": int(hi)})
-            instrument_bias(self.model.vocab, inst, pcs if self._gen.scale_lock else None, self._drums)  # validates
-            if v.inst.role != "percussion" and not np.isin(np.arange(lo, hi + 1) % 12, pcs).any():
-                raise ConfigError(f"Register {lo}..{hi} of {v.name!r} holds no note of {key} {scale}; widen it.")
-            updated.append(inst)
-        for v, inst in zip(self._voices, updated, strict=True):
-            if inst != v.inst:
-                v.inst = inst
-                self.arbiter.set_instrument(v.name, inst)
-        if (key, scale) != (self._key, self._scale):
-            self.plan.set_home(key, scale, pin=True)
-        self._key, self._scale = key, scale
+    def _key_changed(self) -> None:
         self._set_biases()
 
-    def set_temperature(self, temperature: float) -> None:
+    def set_temperature(self, temperature: float) -> bool:
         """Sampling temperature of every voice from the next token on (an MQTT ``set_temperature``)."""
-        if not 0 < temperature <= 2:
-            raise ConfigError(f"Generator temperature must be in (0, 2], got {temperature}.")
+        super().set_temperature(temperature)
         for v in self._voices:
             v.voice.temperature = float(temperature)
-
-    def set_register(self, name: str, low: int, high: int) -> None:
-        self._voice(name)
-        self.set_key(self._key, self._scale, registers={name: (low, high)})
-
-    def set_limits(self, *, max_polyphony: int | None = None, smoothing: float | None = None) -> None:
-        if max_polyphony is not None:
-            self.arbiter.max_polyphony = int(max_polyphony)
-            self._music = self._music.model_copy(update={"max_polyphony": int(max_polyphony)})
+        return True
 
     # -- brain side ------------------------------------------------------------------------------
 
@@ -296,7 +298,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets in ``[start, end)`` (music seconds) for the brain state ``state``."""
-        self.centres.observe(state)
+        if self._feeds_centres:
+            self.centres.observe(state)
         if end <= start:
             return []
         if not self._started:
@@ -310,6 +313,7 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         order = self._voices[self._turn % n :] + self._voices[: self._turn % n]
         self._turn += 1
         self.arbiter.forget_before(start)
+        self._snapshots.append(_SpanStart(start, [_VoiceSnapshot.of(v) for v in self._voices]))
         out: list[Note] = []
         budget = int(TOKENS_PER_BEAT_BUDGET * ((end - start) / (60.0 / self.tempo) + 1))
         out.extend(self._decode(order, start, end, budget))

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, ModelError
+from .constants import BEATS_PER_BAR
 
-BEATS_PER_BAR = 4
 DRUM_PROGRAM = 128
 N_PROGRAMS = 129
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "models" / "generator_tokenizer.json"

@@ -148,7 +148,7 @@ def notes_to_midi(
     path: str | os.PathLike[str],
 ) -> Path:
     """Write ``notes`` as a .mid exactly as a virtual Scheduler + :class:`MidiFileSink` would."""
-    from ..music.clock import events_from_notes
+    from .scheduler import events_from_notes
 
     sink = MidiFileSink(path)
     sink.open(dict(instruments), tempo)

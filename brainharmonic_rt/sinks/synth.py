@@ -19,11 +19,11 @@ import numpy as np
 from ..config import DEFAULT_SOUNDFONT, InstrumentSettings
 from ..errors import SinkError
 from ..events import Note
+from ..music.constants import DRUM_CHANNEL
 from .base import program_changes
 from .midifile import _check_writable
 
 _BLOCK = 65_536  # frames per get_samples call
-_DRUM_CHANNEL = 9
 _DRUM_BANK = 128
 
 
@@ -72,7 +72,7 @@ def render_events(
         if sfid < 0:
             raise SinkError(f"SoundFont {sf} cannot be loaded by FluidSynth; is it a valid .sf2 file?")
         for ch in range(16):  # GM defaults until a program change says otherwise
-            synth.program_select(ch, sfid, _DRUM_BANK if ch == _DRUM_CHANNEL else 0, 0)
+            synth.program_select(ch, sfid, _DRUM_BANK if ch == DRUM_CHANNEL else 0, 0)
         blocks: list[np.ndarray] = []
         cursor = 0
         for t, msg in sorted(events, key=lambda e: e[0]):  # stable: equal times keep their order
@@ -109,7 +109,7 @@ def _apply(synth: Any, sfid: int, msg: mido.Message) -> None:
     elif msg.type in ("note_off", "note_on"):
         synth.noteoff(msg.channel, msg.note)
     elif msg.type == "program_change":
-        bank = _DRUM_BANK if msg.channel == _DRUM_CHANNEL else 0
+        bank = _DRUM_BANK if msg.channel == DRUM_CHANNEL else 0
         synth.program_select(msg.channel, sfid, bank, msg.program)
     elif msg.type == "control_change":
         synth.cc(msg.channel, msg.control, msg.value)
@@ -125,7 +125,7 @@ def render_wav(
     tail: float = 1.5,
 ) -> Path:
     """Render notes with each instrument's program to a 16-bit stereo WAV; returns its path."""
-    from ..music.clock import events_from_notes
+    from .scheduler import events_from_notes
 
     check_soundfont(soundfont)
     events = events_from_notes(notes, instruments)

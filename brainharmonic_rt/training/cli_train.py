@@ -20,10 +20,10 @@ from typing import Any
 
 from .. import __version__
 from ..brain.encoder import EncoderSpec
-from ..brain.modelcard import write_section
-from ..brain.sessions import SessionArrays, SessionFiles, discover_sessions, open_session, prepare_arrays
 from ..config import load_settings
 from ..errors import ConfigError, DataError, ModelError
+from ..evaluation.modelcard import write_section
+from ..evaluation.sessions import SessionArrays, SessionFiles, discover_sessions, open_session, prepare_arrays
 
 log = logging.getLogger("brainharmonic.train")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..brain.encoder import REGION_NAMES
-from ..brain.sessions import SessionArrays
+from ..evaluation.sessions import SessionArrays
 
 N_GROUPS = len(REGION_NAMES) - 1  # one group per scalp region (the runtime default)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..brain.sessions import SessionArrays
+from ..evaluation.sessions import SessionArrays
 from .data import AugmentConfig, Batch, PairSampler, View, full_view
 from .model import Codebook, EEGEncoder, ModelConfig, perplexity
 

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..brain.encoder import EncoderModel, LearnedBrain
+from ..brain.normalize import BaselineNormalizer
 from ..config import Settings, load_settings
 from ..errors import DataError
-from .encoder import EncoderModel, LearnedBrain
 from .modelcard import write_section
-from .normalize import BaselineNormalizer
 from .probe import ProbeScore, leave_subjects_out, perplexity, subject_folds
 from .sessions import SessionFiles, discover_sessions, open_session, session_windows
 

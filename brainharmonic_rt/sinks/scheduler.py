@@ -48,7 +48,7 @@ import numpy as np
 from ..config import InstrumentSettings
 from ..errors import BrainharmonicError, SinkError
 from ..events import Note
-from ..sinks.base import MemorySink, Sink, program_changes, silence_messages
+from .base import MemorySink, Sink, program_changes, silence_messages
 
 _MSG, _OFF, _ON = -1, 0, 1  # at equal times clock messages go first, then note_offs
 #: Message types that only sinks with ``wants_clock`` get.

@@ -35,12 +35,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..brain.probe import ProbeScore, leave_subjects_out, subject_folds
-from ..brain.sessions import SessionFiles, open_session
 from ..config import Settings
 from ..errors import DataError
 from ..events import BrainState, Note
-from .evaluate import TIME_EPS, Metrics, end_retriggers, evaluate, from_notes
+from ..music.constants import BEATS_PER_BAR, DRUM_CHANNEL
+from .music_metrics import TIME_EPS, Metrics, end_retriggers, evaluate, from_notes
+from .probe import ProbeScore, leave_subjects_out, subject_folds
+from .sessions import SessionFiles, open_session
 
 FEATURES = (
     "density",
@@ -54,9 +55,7 @@ FEATURES = (
     "tempo",
     "mode",
 )
-BEATS_PER_BAR = 4
 SETTLE = 2.0  # s after a change of recording (or calibration) before a bar is labelled
-DRUM_CHANNEL = 9
 
 
 class BarLike(Protocol):

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..brain.encoder import EncoderInput, EncoderSpec
 from ..config import SignalSettings
 from ..errors import DataError
 from ..events import Chunk, SignalInfo, Window
 from ..signal import SignalChain
 from ..signal.channels import group_channels
 from ..sources.files import ArraySource, open_recordings
-from .encoder import EncoderInput, EncoderSpec
 
 EEGMAT_FILE = re.compile(r"^Subject(\d+)_([12])\.edf$", re.IGNORECASE)
 EEGMAT_LABELS = {"1": "rest", "2": "task"}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
-from .channels import clean_name, region_of
+from ..signal.channels import clean_name, region_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from ..config import ControlSettings
-from ..errors import BrainharmonicError
+from brainharmonic_rt.config import ControlSettings
+from brainharmonic_rt.errors import BrainharmonicError
 
 HOST = "127.0.0.1"
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..events import Note
+from ..music.constants import BEATS_PER_BAR, DRUM_CHANNEL
 
-BEATS_PER_BAR = 4
 RESOLUTION = 24
 LONG_BEATS = 8.0
 DISSONANT = (1, 6, 11)  # intervals mod 12 heard as strongly dissonant
@@ -116,7 +116,7 @@ def from_notes(notes: Sequence[Note], tempo: float) -> PieceNotes:
         np.array([n.time / spb for n in notes], float),
         np.array([n.duration / spb for n in notes], float),
         np.array([n.pitch for n in notes], int),
-        np.array([n.channel == 9 for n in notes], bool),
+        np.array([n.channel == DRUM_CHANNEL for n in notes], bool),
         np.array([n.channel for n in notes], int),
     )
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ..brain.encoder import EncoderModel, LearnedBrain
 from ..config import Settings
 from ..errors import DataError
 from ..signal import SignalChain
-from .encoder import EncoderModel, LearnedBrain
 
 
 @dataclass

@@ -1,0 +1,7 @@
+"""``python -m brainharmonic_rt.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
