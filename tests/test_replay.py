@@ -191,3 +191,24 @@ def test_looped_markers_keep_their_time_on_every_pass(eegmat_dir: Path, source_i
     assert all(a != b for a, b in itertools.pairwise(names)), names  # rest and task alternate
     gaps = np.diff([r[1] for r in received])
     np.testing.assert_allclose(gaps, 0.502, atol=0.005)
+
+
+def test_markers_of_a_cropped_recording_are_stamped_with_their_sample(source_id: str) -> None:
+    """A marker 2 s into the file, replayed from 1 s: stamped exactly as the sample it marks."""
+    n = 2000
+    raw = mne.io.RawArray(np.arange(n, dtype=float)[None, :], mne.create_info(["counter"], 500.0, "eeg"))
+    raw.set_annotations(mne.Annotations([2.0], [0.0], ["mark"]))
+    with Replay(raw, name="bh-replay-crop", source_id=source_id, start=1.0, pick=False) as replay:
+        assert replay.markers_name is not None
+        data_in = StreamInlet(resolve_streams(timeout=5, name="bh-replay-crop")[0])
+        marks_in = StreamInlet(resolve_streams(timeout=5, name=replay.markers_name)[0])
+        data_in.open_stream(timeout=5)
+        marks_in.open_stream(timeout=5)
+        try:
+            data, ts, _ = _read_inlet(data_in, 1.5)  # starts about 0.5 s in: the marker at 1 s comes later
+            mark, stamp = marks_in.pull_sample(timeout=2.0)
+        finally:
+            data_in._del()
+            marks_in._del()
+    assert mark == ["mark"]
+    assert ts[np.flatnonzero(data[0] == 1000)[0]] == pytest.approx(stamp, abs=1e-6)

@@ -262,16 +262,31 @@ class LSLSource:
             if sinfo is None:
                 await asyncio.sleep(0.1)
                 continue
-            await self._open(sinfo, expect=previous)
-            if await self._first_chunk():
+            await self._open(sinfo, expect=previous, patient=True)
+            if await self._first_chunk(sinfo, previous.source_id):
                 break
-            await self._close()  # visible but silent for lost_after, or gone again: look again, quietly
+            await self._close()  # gone again, or another outlet took its place: look again, quietly
         self._n_reconnects += 1
 
-    async def _first_chunk(self) -> bool:
-        """Wait for the reopened stream's first chunk (kept for ``chunks()``); False if it stayed silent."""
+    async def _first_chunk(self, sinfo: Any, source_id: str) -> bool:
+        """Wait for the reopened stream's first chunk (kept for ``chunks()``).
+
+        The inlet stays open while the stream is silent (so no sample sent at its return is missed);
+        every ``lost_after`` s we look whether another outlet has replaced it. False: look again.
+        """
         assert self._queue is not None
-        item = await self._queue.get()
+        getter = asyncio.ensure_future(self._queue.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=self.settings.lost_after)
+                if done:
+                    break
+                other = await asyncio.to_thread(self._find_again, source_id)
+                if other is not None and other.uid != sinfo.uid:
+                    return False
+        finally:
+            getter.cancel()  # no-op once done
+        item = getter.result()
         if isinstance(item, StreamLostError):
             return False
         if isinstance(item, BaseException):
@@ -381,7 +396,8 @@ class LSLSource:
         return None
 
     # -- connection -------------------------------------------------------------------------
-    async def _open(self, sinfo: Any, expect: SignalInfo | None) -> None:
+    async def _open(self, sinfo: Any, expect: SignalInfo | None, *, patient: bool = False) -> None:
+        """Subscribe and start the reader; ``patient``: silence is no loss until the first sample."""
         inlet, info = await asyncio.to_thread(self._subscribe, sinfo)
         if expect is not None:
             problem = _difference(expect, info)
@@ -404,7 +420,7 @@ class LSLSource:
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._read,
-            args=(inlet, info, self._timeline, self._stop),
+            args=(inlet, info, self._timeline, self._stop, patient),
             name=f"lsl-reader-{info.name}",
             daemon=True,
         )
@@ -468,7 +484,9 @@ class LSLSource:
                 await asyncio.to_thread(inlet._del)
 
     # -- reader thread -------------------------------------------------------------------
-    def _read(self, inlet: StreamInlet, info: SignalInfo, timeline: Timeline, stop: threading.Event) -> None:
+    def _read(
+        self, inlet: StreamInlet, info: SignalInfo, timeline: Timeline, stop: threading.Event, patient: bool
+    ) -> None:
         n_ch = info.n_channels
         lost_after = self.settings.lost_after
         max_pull = max(1, int(info.sfreq * 0.1))
@@ -478,9 +496,9 @@ class LSLSource:
                 sample, stamp = inlet.pull_sample(timeout=min(_POLL, lost_after))
                 now = time.monotonic()
                 if stamp is None:
-                    if now - last > lost_after:
+                    if now - last > lost_after and not patient:
                         raise StreamLostError(
-                            f"LSL stream '{info.name}' (source_id {info.source_id or '-'}) sent no new samples "
+                            f"LSL stream '{info.name}' (source_id {info.source_id or '-'}) sent no samples "
                             f"for {lost_after:g} s; check the amplifier and its LSL app "
                             "(brainharmonic reconnects when it returns)."
                         )
@@ -502,7 +520,7 @@ class LSLSource:
                     continue
                 if ts.size < keep.size:
                     data = data[:, keep]
-                last = now
+                last, patient = now, False
                 self._n_samples += ts.size
                 if not self._rate_marks or now - self._rate_marks[-1][0] >= 0.5:
                     self._rate_marks.append((now, self._n_samples))

@@ -122,7 +122,8 @@ class RecordingPlayer:
         self.name, self.source_id, self.chunk_size, self.loop = name, source_id, chunk_size, loop
         self.info = raw.info
         self._data = np.ascontiguousarray(raw.get_data().T, dtype=np.float64)  # (n_times, n_channels)
-        onsets = raw.time_as_index(raw.annotations.onset, use_rounding=True) if len(raw.annotations) else []
+        # Sample index of each annotation in the data as it is sent (the Raw may be cropped: first_samp > 0).
+        onsets = raw.time_as_index(raw.annotations.onset, use_rounding=True) - raw.first_samp
         self._markers: dict[int, list[str]] = {}
         for index, description in zip(onsets, raw.annotations.description, strict=True):
             if 0 <= index < self.n_times:
