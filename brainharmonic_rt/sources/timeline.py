@@ -201,15 +201,15 @@ class Timeline:
 
     def _shift(self, offset: float, arrival: float, kind: str, size: float, said: list[str]) -> None:
         self.offset = float(offset)
-        if arrival >= self._episode_end:  # a burst of faulty blocks counts as one episode
+        if arrival >= self._episode_end:  # a burst of faulty blocks is one episode, counted (and said) once
             if kind == "back":
                 self.counts.jumps_back += 1
             elif kind == "forward":
                 self.counts.jumps_forward += 1
             else:
                 self.counts.lag_reanchors += 1
+            self._say(kind, said, size)
         self._episode_end = arrival + self.confirm
-        self._say(kind, said, size)
 
     def _say(self, kind: str, said: list[str], size: float = 0.0) -> None:
         if kind in self.counts.told:
@@ -221,11 +221,12 @@ class Timeline:
                 "overlap": f"{stream} sent samples whose timestamps repeat time it had already covered (a resend, "
                 "duplicates) or more samples than real time allows; they are dropped and counted "
                 "(overlap_samples) so the music keeps time.",
-                "back": f"{stream}'s timestamps jumped back {size:.3g} s (its clock was reset?); the samples are "
+                "back": f"The timestamps of {stream} jumped back {size:.3g} s (was its clock reset?); the samples are "
                 "re-anchored to continue the session's timeline, so the music keeps time (counted as jumps_back).",
-                "forward": f"{stream}'s timestamps lie {size:.3g} s ahead of this machine's clock; the samples are "
-                "re-anchored to continue the session's timeline, so the music keeps time (counted as jumps_forward).",
-                "lag": f"{stream}'s timestamps stay {size:.3g} s behind this machine's clock (is its clock "
+                "forward": f"The timestamps of {stream} lie {size:.3g} s ahead of this machine's clock; the samples "
+                "are re-anchored to continue the session's timeline, so the music keeps time (counted as "
+                "jumps_forward).",
+                "lag": f"The timestamps of {stream} stay {size:.3g} s behind this machine's clock (is its clock "
                 "synchronised?); the timeline is moved onto arrival so notes are not late (counted as "
                 "lag_reanchors).",
             }[kind]
