@@ -21,6 +21,7 @@ _LAZY = {
     "read_raw": "files",
     "read_fmri": "fmri",
     "Replay": "player",
+    "RecordingPlayer": "player",
     "make_player": "player",
 }
 
