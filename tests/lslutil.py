@@ -39,6 +39,8 @@ class SyntheticOutlet:
         self.ch_names = ch_names
         self.nan_channels: set[int] = set()
         self.flat_channels: set[int] = set()  #: channels sending a constant (a loose or shorted electrode)
+        self.clock_shift = 0.0  #: seconds added to every timestamp from now on (a device clock that jumps)
+        self.paused = threading.Event()  #: while set, nothing is pushed but the outlet stays open (a stall)
         self.sent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,6 +61,10 @@ class SyntheticOutlet:
         t0 = local_clock()
         k = 0
         while not self._stop.is_set():
+            if self.paused.is_set():  # stalled: resume later at real-time pace from then
+                self._stop.wait(0.01)
+                t0, k = local_clock() - period, 0
+                continue
             target = t0 + (k + 1) * period
             delay = target - local_clock()
             if delay > 0:
@@ -73,7 +79,7 @@ class SyntheticOutlet:
                 data[:, c] = np.nan
             for c in self.flat_channels:
                 data[:, c] = 3e-6
-            stamp = local_clock()
+            stamp = local_clock() + self.clock_shift
             self._outlet.push_chunk(data.astype(np.float32), timestamp=stamp)
             self.push_times.append((stamp, local_clock()))
             self.sent += self.chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -148,6 +149,101 @@ async def test_nan_channel_is_excluded_and_reported_not_fatal(source_id: str, tm
         for g in s["groups"].values():
             assert all(np.isfinite(v) for v in g["z"].values())
     json.dumps(states)
+
+
+def _notes_after(reader: MidiReader, t: float) -> int:
+    return sum(1 for at, _ in note_ons(reader.snapshot()) if at > t)
+
+
+def _assert_continuous(folder: Path, hop: float) -> None:
+    """Every window recorded, in order, a hop apart in session time (no jump, no index skipped)."""
+    states = read_jsonl(folder / "states.jsonl")
+    index = np.array([s["index"] for s in states])
+    t_end = np.array([s["t"] for s in states])
+    assert np.all(np.diff(index) == 1), f"window indices skip: {index[np.flatnonzero(np.diff(index) != 1)]}"
+    np.testing.assert_allclose(np.diff(t_end), hop, atol=0.1)  # a sender's push jitter moves them a little
+
+
+async def test_clock_stepping_back_keeps_windows_and_notes_on_time(source_id: str, tmp_path: Path) -> None:
+    """The source's clock steps back 30 s mid-stream (a device resetting it): the music does not notice."""
+    port = f"bh-{uuid.uuid4().hex[:6]}"
+    settings = _settings(source_id, port)
+    with SyntheticOutlet(source_id, n_channels=8, sfreq=250.0) as outlet:
+        pipe, task, reader = await _start(settings, tmp_path, port)
+        try:
+            await _until(lambda: pipe.stats.windows >= 6, 20, "windows")
+            outlet.clock_shift = -30.0
+            stepped, windows = time.monotonic(), pipe.stats.windows
+            await asyncio.sleep(3.0)
+            after = pipe.stats.windows - windows
+            played = _notes_after(reader, stepped + 0.5)
+            sched = pipe.scheduler.stats()  # type: ignore[union-attr]
+            source = pipe.source.stats()
+            pipe.stop("test over")
+            await asyncio.wait_for(task, 10)
+        finally:
+            reader.close()
+    assert 10 <= after <= 14, f"{after} windows in 3 s at a 0.25 s hop"
+    assert played >= 3, "notes keep playing after the clock stepped back"
+    assert sched["late"] == 0 and sched["max_late_ms"] < 100, sched
+    assert source["jumps_back"] == 1
+    _assert_continuous(pipe.recorder.folder, settings.signal.hop)  # type: ignore[union-attr]
+
+
+async def test_looped_replay_plays_on_time_across_wraps(eegmat_dir: Path, source_id: str, tmp_path: Path) -> None:
+    """`replay --loop` of rest + task (2 s a pass) into `run`: no window dropped at a wrap, no note late."""
+    from brainharmonic_rt.sources.player import Replay
+
+    port = f"bh-{uuid.uuid4().hex[:6]}"
+    settings = _settings(source_id, port)
+    files = [eegmat_dir / "Subject00_1.edf", eegmat_dir / "Subject00_2.edf"]
+    async with Replay(files, name="bh-loop-run", source_id=source_id, seconds=1.0, loop=True):
+        pipe, task, reader = await _start(settings, tmp_path, port)
+        try:
+            await _until(lambda: pipe.stats.windows >= 1, 20, "the first window")
+            first = time.monotonic()
+            await asyncio.sleep(5.0)  # two wraps and a half
+            windows = pipe.stats.windows - 1
+            played = _notes_after(reader, first + 3.0)
+            snap = pipe.snapshot()
+            pipe.stop("test over")
+            await asyncio.wait_for(task, 10)
+        finally:
+            reader.close()
+    assert 18 <= windows <= 22, f"{windows} windows in 5 s at a 0.25 s hop"
+    assert snap["windows_dropped"] == 0 and snap["source"]["overlap_samples"] == 0
+    assert played >= 2, "notes still play after the wraps"
+    assert snap["scheduler"]["late"] == 0 and snap["scheduler"]["max_late_ms"] < 100, snap["scheduler"]
+    _assert_continuous(pipe.recorder.folder, settings.signal.hop)  # type: ignore[union-attr]
+
+
+async def test_stalled_stream_is_one_loss_and_one_return(source_id: str, tmp_path: Path) -> None:
+    """An outlet that stays open but sends nothing for 5 x lost_after: lost once, back once it sends."""
+    port = f"bh-{uuid.uuid4().hex[:6]}"
+    settings = _settings(source_id, port)
+    with SyntheticOutlet(source_id, n_channels=8, sfreq=250.0) as outlet:
+        pipe, task, reader = await _start(settings, tmp_path, port)
+        try:
+            await _until(lambda: pipe.stats.windows >= 4, 20, "windows")
+            outlet.paused.set()
+            await asyncio.sleep(2.5)
+            assert (pipe.stats.stream_losses, pipe.stats.reconnects) == (1, 0)
+            resumed = time.time()
+            outlet.paused.clear()
+            await _until(lambda: pipe.stats.reconnects == 1, 10, "the return")
+            back = time.monotonic()
+            await _until(lambda: _notes_after(reader, back) >= 2, 20, "notes after the return")
+            pipe.stop("test over")
+            await asyncio.wait_for(task, 10)
+        finally:
+            reader.close()
+    events = read_jsonl(pipe.recorder.folder / "events.jsonl")  # type: ignore[union-attr]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("stream_lost") == 1 and kinds.count("stream_back") == 1, kinds
+    back = next(e for e in events if e["event"] == "stream_back")
+    assert back["wall"] >= resumed, "announced back before any sample arrived"
+    assert (pipe.stats.stream_losses, pipe.stats.reconnects) == (1, 1)
+    assert unmatched_notes(reader.snapshot()) == {}
 
 
 async def test_processing_latency_is_measured_on_this_machines_clock_for_a_replay(

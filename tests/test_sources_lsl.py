@@ -302,7 +302,9 @@ async def test_slow_consumer_drops_oldest_chunks(kit: Kit, source_id: str) -> No
     out = kit.outlet("bh-slow", source_id, 2, 1000.0)
     src = LSLSource(StreamSettings(source_id=source_id, timeout=5), max_queue_seconds=0.05)  # 50 samples
     async with src:
-        for k in range(0, 500, 10):  # 50 chunks of 10 samples, each waited for, none consumed
+        t0 = time.monotonic()
+        for k in range(0, 500, 10):  # 50 chunks of 10 samples in real time, each waited for, none consumed
+            await asyncio.sleep(max(0.0, t0 + (k + 10) / 1000 - time.monotonic()))
             block = np.zeros((10, 2), dtype=np.float32)
             block[:, 0] = np.arange(k, k + 10)
             out.push_chunk(block)
@@ -386,3 +388,111 @@ async def test_push_to_handler_latency_64ch_1khz(kit: Kit, source_id: str) -> No
     p50, p99 = np.percentile(values, [50, 99])
     print(f"\nLSL push -> asyncio chunk latency, 64 ch @ 1 kHz: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     assert p99 < 20.0
+
+
+# -- timestamps that cannot be trusted -------------------------------------------------------
+class FaultyClock(threading.Thread):
+    """Pushes counting samples in real time, each chunk stamped ``local_clock() + shift``.
+
+    At sample ``at`` the fault happens: ``shift`` changes to ``step`` (a clock reset), or the last
+    ``resend`` samples are pushed again with their own stamps (a relay that resends), or the last
+    chunk is pushed ``repeat`` more times (duplicated timestamps).
+    """
+
+    def __init__(self, outlet: StreamOutlet, sfreq: float, chunk: int, *, at: int, **fault: float) -> None:
+        super().__init__(daemon=True)
+        self.outlet, self.sfreq, self.chunk, self.at, self.fault = outlet, sfreq, chunk, at, fault
+        self.halt = threading.Event()
+        self.pushed = 0
+        self.shift = 0.0
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        sent: list[tuple[np.ndarray, float]] = []
+        while not self.halt.is_set():
+            if self.pushed == self.at:
+                self.shift = self.fault.get("step", 0.0)
+                resend = int(self.fault.get("resend", 0))
+                again = [c for c in sent if c[0][-1, 0] >= self.pushed - resend] if resend else []
+                again += [sent[-1]] * int(self.fault.get("repeat", 0))
+                for block, stamp in again:
+                    self.outlet.push_chunk(block, timestamp=stamp)
+            block = np.zeros((self.chunk, 2), dtype=np.float32)
+            block[:, 0] = np.arange(self.pushed, self.pushed + self.chunk)
+            stamp = local_clock() + self.shift
+            self.outlet.push_chunk(block, timestamp=stamp)
+            sent = [*sent[-100:], (block, stamp)]
+            self.pushed += self.chunk
+            delay = t0 + self.pushed / self.sfreq - time.monotonic()
+            if delay > 0:
+                self.halt.wait(delay)
+
+
+async def _read_through_fault(kit: Kit, source_id: str, seconds: float, **fault: float) -> tuple[list[Chunk], dict]:
+    """1 s of a 250 Hz stream, the fault, then the rest of ``seconds``; the chunks and the source's stats."""
+    out = kit.outlet("bh-clock", source_id, 2, 250.0)
+    pusher = FaultyClock(out, 250.0, 5, at=250, **fault)
+    async with LSLSource(StreamSettings(source_id=source_id, timeout=5)) as src:
+        pusher.start()
+        try:
+            chunks = await collect(src, round(seconds * 250) - 25, timeout=seconds + 5)
+        finally:
+            pusher.halt.set()
+            pusher.join(2)
+        return chunks, src.stats()
+
+
+def assert_on_time(chunks: list[Chunk]) -> None:
+    """Strictly increasing timestamps, each chunk's newest within 0.3 s of its arrival here (a loaded
+    machine delays the reader thread by a tenth of a second now and then; a clock fault is seconds)."""
+    _, ts = joined(chunks)
+    assert np.all(np.diff(ts) > 0), f"timestamps go back by {-np.diff(ts).min():.3f} s"
+    assert np.diff(ts).max() < 0.1, f"timestamps jump forward by {np.diff(ts).max():.3f} s"
+    lags = np.array([c.received - c.timestamps[-1] for c in chunks[5:] if c.received is not None])
+    assert np.abs(lags).max() < 0.3, f"a chunk's timestamp is {np.abs(lags).max():.3f} s off its arrival"
+
+
+@pytest.mark.parametrize("step", [-30.0, 30.0], ids=["back-30s", "forward-30s"])
+async def test_a_clock_that_steps_is_reanchored(kit: Kit, source_id: str, step: float) -> None:
+    chunks, stats = await _read_through_fault(kit, source_id, 2.5, step=step)
+    assert_counts(joined(chunks)[0][0].astype(int))  # not a sample lost
+    assert_on_time(chunks)
+    assert (stats["jumps_back"], stats["jumps_forward"]) == ((1, 0) if step < 0 else (0, 1))
+    assert stats["clock_offset_s"] == pytest.approx(-step, abs=0.05)
+    assert stats["overlap_samples"] == 0
+
+
+async def test_resent_samples_are_dropped(kit: Kit, source_id: str) -> None:
+    chunks, stats = await _read_through_fault(kit, source_id, 2.5, resend=75)  # the last 0.3 s again
+    assert_counts(joined(chunks)[0][0].astype(int))  # each sample once, in order
+    assert_on_time(chunks)
+    assert stats["overlap_samples"] == 75 == stats["dropped_samples"]
+
+
+async def test_duplicated_timestamps_are_dropped(kit: Kit, source_id: str) -> None:
+    chunks, stats = await _read_through_fault(kit, source_id, 2.0, repeat=20)  # the last chunk 20 times more
+    assert_counts(joined(chunks)[0][0].astype(int))
+    assert_on_time(chunks)
+    assert stats["overlap_samples"] == 100
+
+
+async def test_reconnect_returns_only_once_samples_arrive(kit: Kit, source_id: str) -> None:
+    """A stalled outlet that stays open: lost after lost_after, back only when samples flow again."""
+    out = kit.outlet("bh-stall", source_id, 2, 250.0)
+    pusher = kit.push(out, 2, 250.0)
+    async with LSLSource(StreamSettings(source_id=source_id, timeout=5, lost_after=0.5)) as src:
+        await collect(src, 50)
+        pusher.halt.set()
+        pusher.join(2)
+        with pytest.raises(StreamLostError, match=r"sent no samples for 0\.5 s"):
+            await collect(src, 10_000)
+        task = asyncio.create_task(src.reconnect())
+        await asyncio.sleep(2.0)  # 4 x lost_after of silence, the outlet still visible
+        assert not task.done(), "reconnect() returned while the stream sent nothing"
+        resumed = kit.push(out, 2, 250.0)
+        await asyncio.wait_for(task, 5)
+        assert resumed.pushed > 0
+        data, _ = joined(await collect(src, 50))
+        assert data[0, 0] == 0  # the first sample sent after the stall comes first
+        assert_counts(data[0].astype(int))
+        assert src.stats()["reconnects"] == 1

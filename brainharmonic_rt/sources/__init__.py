@@ -34,6 +34,7 @@ _LAZY = {
     "read_raw": "files",
     "read_fmri": "fmri",
     "Replay": "player",
+    "RecordingPlayer": "player",
     "make_player": "player",
 }
 

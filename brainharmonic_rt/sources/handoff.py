@@ -34,6 +34,8 @@ class Handoff:
         self.queued_samples = 0
         self.n_chunks = 0
         self.n_dropped = 0
+        self.n_dropped_samples = 0
+        self._head: Chunk | BaseException | None = None
 
     @property
     def open(self) -> bool:
@@ -45,6 +47,7 @@ class Handoff:
         self._queue = asyncio.Queue()
         self._pending.clear()
         self._scheduled = False
+        self._head = None
         self.queued_samples = 0
         self._max_samples = max(1, max_samples)
 
@@ -58,13 +61,25 @@ class Handoff:
                 with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                     loop.call_soon_threadsafe(self._drain)
 
+    async def peek(self) -> Chunk | BaseException:
+        """Wait for the next item and leave it first in line for :meth:`chunks` (a source that must
+        know samples arrive again before it says it is back)."""
+        if self._head is None:
+            if self._queue is None:
+                raise RuntimeError("Handoff.peek() before reset(): open the source first.")
+            self._head = await self._queue.get()
+        return self._head
+
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Yield chunks as they arrive; raise the reader's exception when it comes."""
         queue = self._queue
         if queue is None:
             raise RuntimeError("Handoff.chunks() before reset(): open the source first.")
         while True:
-            item = await queue.get()
+            if self._head is not None:
+                item, self._head = self._head, None
+            else:
+                item = await queue.get()
             if isinstance(item, BaseException):
                 queue.put_nowait(item)  # raised again by a second chunks() until reset()
                 raise item
@@ -102,5 +117,6 @@ class Handoff:
                     break
                 self.queued_samples -= old.n_samples
                 self.n_dropped += 1
+                self.n_dropped_samples += old.n_samples
         if error is not None:
             queue.put_nowait(error)

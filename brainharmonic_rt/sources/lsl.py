@@ -10,6 +10,13 @@ same queue and are raised from ``chunks()``.
 
 We use the low-level ``mne_lsl.lsl`` API rather than ``StreamLSL``: the latter
 polls its inlet on a timer, which adds milliseconds of latency.
+
+Timestamps are never taken blindly: every block passes a
+:class:`~brainharmonic_rt.sources.timeline.Timeline`, which drops resent samples and
+re-anchors a clock that jumps, so windows keep their real rate and notes their time.
+The inlet asks liblsl for clock synchronisation only, not for its ``dejitter``
+smoothing: measured here, dejitter turns a 30 s step back into 40 s of wrong,
+oscillating timestamps (736 backward steps in 6 s) that no later check can repair.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +38,9 @@ from ..config import StreamSettings
 from ..errors import StreamError, StreamLostError, StreamNotFoundError
 from ..events import Chunk, SignalInfo
 from .handoff import Handoff
+from .timeline import Timeline
+
+log = logging.getLogger(__name__)
 
 MAX_CHANNELS = 512
 MIN_RATE = 125.0
@@ -159,7 +170,9 @@ class LSLSource:
 
     Chunks carry data of shape (n_channels, n_samples) float64 in the stream's
     units and timestamps in seconds on the local LSL clock (``local_clock()``,
-    i.e. CLOCK_MONOTONIC), clock-synchronised and de-jittered by liblsl.
+    i.e. CLOCK_MONOTONIC): clock-synchronised by liblsl, then checked against their
+    arrival (:mod:`~brainharmonic_rt.sources.timeline`): strictly increasing, never
+    ahead of arrival, continuous across clock jumps, resent samples dropped.
     """
 
     realtime = True
@@ -180,6 +193,7 @@ class LSLSource:
         self._rate_marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=12)
         self._n_samples = 0
         self._n_reconnects = 0
+        self._timeline: Timeline | None = None
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -213,8 +227,10 @@ class LSLSource:
             yield chunk
 
     async def reconnect(self) -> None:
-        """Wait (cancellable, forever) until the stream is visible again, then reopen it.
+        """Wait (cancellable, forever) until the stream sends samples again; then ``chunks()`` goes on.
 
+        Returns only once a sample has arrived: a stream that is visible but silent (a stalled
+        amplifier whose outlet stays open) is not back, so one outage is one loss and one return.
         Prefers a stream with the same source_id as before. Raises StreamError if it
         came back with another channel count, rate or channel names.
         """
@@ -224,25 +240,64 @@ class LSLSource:
         previous = self.info
         while True:
             sinfo = await asyncio.to_thread(self._find_again, previous.source_id)
-            if sinfo is not None:
+            if sinfo is None:
+                await asyncio.sleep(0.1)
+                continue
+            await self._open(sinfo, expect=previous, patient=True)
+            if await self._first_chunk(sinfo, previous.source_id):
                 break
-            await asyncio.sleep(0.1)
-        await self._open(sinfo, expect=previous)
+            await self._close()  # gone again, or another outlet took its place: look again, quietly
         self._n_reconnects += 1
 
+    async def _first_chunk(self, sinfo: Any, source_id: str) -> bool:
+        """Wait for the reopened stream's first chunk (kept for ``chunks()``).
+
+        The inlet stays open while the stream is silent (so no sample sent at its return is missed);
+        every ``lost_after`` s we look whether another outlet has replaced it. False: look again.
+        """
+        getter = asyncio.ensure_future(self._handoff.peek())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=self.settings.lost_after)
+                if done:
+                    break
+                other = await asyncio.to_thread(self._find_again, source_id)
+                if other is not None and other.uid != sinfo.uid:
+                    return False
+        finally:
+            getter.cancel()  # no-op once done
+        # A chunk stays first in line for chunks(), as does any other error (e.g. a wrong block shape).
+        return not isinstance(getter.result(), StreamLostError)
+
     def stats(self) -> dict[str, Any]:
-        """Counters for telemetry: samples, chunks, dropped chunks, reconnects, measured rate (Hz)."""
+        """Counters for telemetry.
+
+        samples (delivered), chunks, dropped_chunks (a slow consumer), dropped_samples (those chunks'
+        samples plus overlap_samples), reconnects, rate (Hz, measured), queued_samples; from the
+        timestamp checks: overlap_samples (resent or beyond real time, dropped), jumps_back and
+        jumps_forward (clock jumps re-anchored), lag_reanchors, clock_offset_s (seconds added to the
+        stream's timestamps now).
+        """
         rate = 0.0
         marks = list(self._rate_marks)
         if len(marks) >= 2 and marks[-1][0] > marks[0][0]:
             rate = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+        timeline = self._timeline
+        counts = timeline.counts if timeline is not None else None
+        overlap = counts.overlap_samples if counts is not None else 0
         return {
             "samples": self._n_samples,
             "chunks": self._handoff.n_chunks,
             "dropped_chunks": self._handoff.n_dropped,
+            "dropped_samples": self._handoff.n_dropped_samples + overlap,
             "reconnects": self._n_reconnects,
             "rate": rate,
             "queued_samples": self._handoff.queued_samples,
+            "overlap_samples": overlap,
+            "jumps_back": counts.jumps_back if counts is not None else 0,
+            "jumps_forward": counts.jumps_forward if counts is not None else 0,
+            "lag_reanchors": counts.lag_reanchors if counts is not None else 0,
+            "clock_offset_s": timeline.offset if timeline is not None else 0.0,
         }
 
     # -- resolving ------------------------------------------------------------------------
@@ -315,7 +370,8 @@ class LSLSource:
         return None
 
     # -- connection -------------------------------------------------------------------------
-    async def _open(self, sinfo: Any, expect: SignalInfo | None) -> None:
+    async def _open(self, sinfo: Any, expect: SignalInfo | None, *, patient: bool = False) -> None:
+        """Subscribe and start the reader; ``patient``: silence is no loss until the first sample."""
         inlet, info = await asyncio.to_thread(self._subscribe, sinfo)
         if expect is not None:
             problem = _difference(expect, info)
@@ -327,11 +383,16 @@ class LSLSource:
                 )
         self._inlet, self._info = inlet, info
         assert self._loop is not None
+        if self._timeline is None:  # one timeline per session: it goes on across reconnects
+            self._timeline = Timeline(info.sfreq, info.name)
         self._handoff.reset(self._loop, round(self.max_queue_seconds * info.sfreq))
         self._rate_marks.clear()
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._read, args=(inlet, info, self._stop), name=f"lsl-reader-{info.name}", daemon=True
+            target=self._read,
+            args=(inlet, info, self._timeline, self._stop, patient),
+            name=f"lsl-reader-{info.name}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -339,7 +400,7 @@ class LSLSource:
     def _subscribe(sinfo: Any) -> tuple[StreamInlet, SignalInfo]:
         """Open an inlet on the local clock and read the full description (worker thread)."""
         d = _describe(sinfo)
-        inlet = StreamInlet(sinfo, max_buffered=30, recover=False, processing_flags=["clocksync", "dejitter"])
+        inlet = StreamInlet(sinfo, max_buffered=30, recover=False, processing_flags=["clocksync"])
         # The first clock-offset estimate takes ~0.6 s of probes: take it now, while open_stream
         # waits out its own 0.5 s, rather than stalling the first pulled samples behind it.
         # open_stream goes first (in the helper thread) so that it takes the inlet lock first.
@@ -393,7 +454,9 @@ class LSLSource:
                 await asyncio.to_thread(inlet._del)
 
     # -- reader thread -------------------------------------------------------------------
-    def _read(self, inlet: StreamInlet, info: SignalInfo, stop: threading.Event) -> None:
+    def _read(
+        self, inlet: StreamInlet, info: SignalInfo, timeline: Timeline, stop: threading.Event, patient: bool
+    ) -> None:
         n_ch = info.n_channels
         lost_after = self.settings.lost_after
         max_pull = max(1, int(info.sfreq * 0.1))
@@ -403,14 +466,13 @@ class LSLSource:
                 sample, stamp = inlet.pull_sample(timeout=min(_POLL, lost_after))
                 now = time.monotonic()
                 if stamp is None:
-                    if now - last > lost_after:
+                    if now - last > lost_after and not patient:
                         raise StreamLostError(
                             f"LSL stream '{info.name}' (source_id {info.source_id or '-'}) sent no samples "
                             f"for {lost_after:g} s; check the amplifier and its LSL app "
                             "(brainharmonic reconnects when it returns)."
                         )
                     continue
-                last = now
                 rest, stamps = inlet.pull_chunk(timeout=0.0, max_samples=max_pull)
                 k = len(stamps)
                 data = np.empty((n_ch, 1 + k), dtype=np.float64)
@@ -421,7 +483,15 @@ class LSLSource:
                     _check_shape(info.name, rest.T, n_ch)
                     data[:, 1:] = rest.T
                     ts[1:] = stamps
-                self._n_samples += 1 + k
+                keep, ts, said = timeline.admit(ts, now)
+                for sentence in said:
+                    log.warning("%s", sentence)
+                if not ts.size:
+                    continue
+                if ts.size < keep.size:
+                    data = data[:, keep]
+                last, patient = now, False
+                self._n_samples += ts.size
                 if not self._rate_marks or now - self._rate_marks[-1][0] >= 0.5:
                     self._rate_marks.append((now, self._n_samples))
                 self._handoff.put((data, ts, now))

@@ -1,27 +1,32 @@
 """Replay a recording as a real LSL stream at real-time pace (``brainharmonic replay``).
 
-Built on :class:`mne_lsl.player.PlayerLSL`, which pushes ``chunk_size`` samples per
-tick against absolute target times. Annotations (e.g. the rest/task boundaries of
-a concatenated recording) go out on PlayerLSL's own marker stream
-``f"{name}-annotations"`` (type "annotations", one string channel, irregular rate,
-same source_id), which :class:`~brainharmonic_rt.sources.lsl.LSLSource` skips
-when it resolves the data stream.
+:class:`RecordingPlayer` pushes ``chunk_size`` samples per tick against absolute target
+times on LSL's ``local_clock()``. Sample ``k`` of the stream (counted across passes when
+looping) is stamped ``t0 + k / sfreq``: timestamps rise at exactly the nominal rate through
+any number of wraps. Annotations (e.g. the rest/task boundaries of a concatenated
+recording) go out on a marker stream ``f"{name}-annotations"`` (type "annotations", one
+string channel, irregular rate, same source_id) stamped with the time of their sample on
+every pass; :class:`~brainharmonic_rt.sources.lsl.LSLSource` skips it when it resolves
+the data stream.
+
+Why not mne-lsl's ``PlayerLSL``: in mne-lsl 1.14 its loop pushes the whole recording
+again in one chunk at every wrap when the recording's length is a multiple of
+``chunk_size`` (as every eegmat file is at 10 ms chunks: a burst of one pass stamped a
+pass in the past, 750 Hz for a 500 Hz stream), and stamps an annotation that falls in a
+wrapping chunk one pass early. ``docs/upstream/mne-lsl-player-loop.md`` has the report.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self, TypeAlias
 
 import mne
 import numpy as np
-from mne_lsl.player import PlayerLSL
 
 from ..errors import DataError
 from .channel_map import ChannelMap
@@ -93,13 +98,12 @@ def make_player(
     start: float = 0.0,
     channels: ChannelMap | None = None,
     xdf_stream: str | None = None,
-) -> PlayerLSL:
-    """Build (not start) a PlayerLSL for a file, a Raw, or several files (see :func:`load_recording`).
+) -> RecordingPlayer:
+    """Build (not start) a player for a file, a Raw, or several files (see :func:`load_recording`).
 
     ``pick`` keeps only the scalp EEG channels (see :func:`pick_signal`), as a
     headset would send. ``loop`` repeats forever; otherwise the stream ends (its
-    outlet closes) after one pass (minus the last sample when the length is a
-    multiple of ``chunk_size``). Annotations, if any, are streamed as strings on
+    outlet closes) after one pass. Annotations, if any, are streamed as strings on
     ``f"{name}-annotations"``.
     """
     raw = load_recording(
@@ -107,24 +111,115 @@ def make_player(
     )
     if chunk_size is None:
         chunk_size = default_chunk_size(raw.info["sfreq"])
-    if chunk_size < 1:
-        raise DataError(f"chunk_size must be at least 1 sample, got {chunk_size}; pass a positive number.")
-    if not loop and chunk_size > 1 and raw.n_times % chunk_size == 0:
-        # PlayerLSL would end on an empty chunk and warn; one sample less avoids that.
-        raw.crop(tmax=raw.times[-2], include_tmax=True)
     origin = (raw.filenames or (None,))[0]
     sid = source_id if source_id is not None else f"{name}-{Path(str(origin or 'raw')).stem}"
-    with warnings.catch_warnings(), mne.utils.use_log_level("ERROR"):
-        warnings.simplefilter("ignore")
-        return PlayerLSL(
-            raw,
-            chunk_size=chunk_size,
-            n_repeat=np.inf if loop else 1,
-            name=name,
-            source_id=sid,
-            annotations=len(raw.annotations) > 0,
-            annotations_encoding="string",
+    return RecordingPlayer(raw, name=name, source_id=sid, chunk_size=chunk_size, loop=loop)
+
+
+class RecordingPlayer:
+    """Streams a preloaded Raw on an LSL outlet in real time, once or looping forever.
+
+    ``start()`` opens the outlets and starts a pushing thread; ``stop()`` ends it and closes them
+    (the stream vanishes from the network). Without ``loop`` the outlets close by themselves after
+    the last sample. Data go out as float64 in the Raw's units (volts), channel descriptions
+    (names, types, units, locations) copied from the Raw's info.
+    """
+
+    def __init__(self, raw: mne.io.BaseRaw, *, name: str, source_id: str, chunk_size: int, loop: bool = False) -> None:
+        if chunk_size < 1:
+            raise DataError(f"chunk_size must be at least 1 sample, got {chunk_size}; pass a positive number.")
+        self.name, self.source_id, self.chunk_size, self.loop = name, source_id, chunk_size, loop
+        self.info = raw.info
+        self._data = np.ascontiguousarray(raw.get_data().T, dtype=np.float64)  # (n_times, n_channels)
+        # Sample index of each annotation in the data as it is sent (the Raw may be cropped: first_samp > 0).
+        onsets = raw.time_as_index(raw.annotations.onset, use_rounding=True) - raw.first_samp
+        self._markers: dict[int, list[str]] = {}
+        for index, description in zip(onsets, raw.annotations.description, strict=True):
+            if 0 <= index < self.n_times:
+                self._markers.setdefault(int(index), []).append(str(description))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def sfreq(self) -> float:
+        return float(self.info["sfreq"])
+
+    @property
+    def n_times(self) -> int:
+        """Samples in one pass."""
+        return int(self._data.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Length of one pass in seconds."""
+        return self.n_times / self.sfreq
+
+    @property
+    def markers_name(self) -> str | None:
+        """Name of the annotation (marker) stream, or None if the recording has no annotations."""
+        return f"{self.name}-annotations" if self._markers else None
+
+    @property
+    def running(self) -> bool:
+        """True while samples are being pushed (False after the last one without ``loop``)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Self:
+        """Open the outlets and start streaming (returns at once)."""
+        from mne_lsl.lsl import StreamInfo, StreamOutlet
+
+        if self._thread is not None:
+            raise RuntimeError("This player is already started; create a new one to play again.")
+        types = self.info.get_channel_types(unique=True)
+        sinfo = StreamInfo(
+            self.name, types[0].upper() if len(types) == 1 else "", len(self.info["ch_names"]), self.sfreq,
+            np.float64, self.source_id,
+        )  # fmt: skip
+        sinfo.set_channel_info(self.info)
+        outlet = StreamOutlet(sinfo, chunk_size=self.chunk_size)
+        markers = None
+        if self.markers_name is not None:
+            minfo = StreamInfo(self.markers_name, "annotations", 1, 0.0, "string", self.source_id)
+            minfo.set_channel_names(["description"])
+            markers = StreamOutlet(minfo)
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(outlet, markers), name=f"lsl-player-{self.name}", daemon=True
         )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop streaming and close the outlets (safe to call twice or after the end)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def _run(self, outlet: Any, markers: Any) -> None:
+        """Push chunk after chunk, each once its last sample's time has come (absolute targets)."""
+        from mne_lsl.lsl import local_clock
+
+        n, size, sfreq = self.n_times, self.chunk_size, self.sfreq
+        t0 = local_clock()
+        pushed = 0  # samples pushed since the start, across passes
+        try:
+            while not self._stop.is_set() and (self.loop or pushed < n):
+                count = size if self.loop else min(size, n - pushed)
+                k = np.arange(pushed, pushed + count)
+                stamps = t0 + k / sfreq
+                if (delay := stamps[-1] - local_clock()) > 0 and self._stop.wait(delay):
+                    break
+                outlet.push_chunk(self._data[k % n], timestamp=stamps)
+                if markers is not None:
+                    for j in k.tolist():
+                        for description in self._markers.get(j % n, ()):
+                            markers.push_sample([description], timestamp=t0 + j / sfreq)
+                pushed += count
+        finally:
+            for o in (outlet, markers):
+                if o is not None:
+                    o._del()
 
 
 class Replay:
@@ -165,12 +260,12 @@ class Replay:
         self._source = source
         self.name = name
         self.loop = loop
-        self._player: PlayerLSL | None = None
+        self._player: RecordingPlayer | None = None
         self._started_at: float | None = None
 
     # -- properties ------------------------------------------------------------------------
     @property
-    def player(self) -> PlayerLSL:
+    def player(self) -> RecordingPlayer:
         if self._player is None:
             raise RuntimeError("Replay.player exists only once the replay is started.")
         return self._player
@@ -190,17 +285,17 @@ class Replay:
     @property
     def duration(self) -> float:
         """Length of one pass in seconds."""
-        return float(self.player._raw.n_times / self.sfreq)
+        return self.player.duration
 
     @property
     def markers_name(self) -> str | None:
         """Name of the annotation (marker) stream, or None if the recording has no annotations."""
-        return f"{self.name}-annotations" if len(self.player.annotations) else None
+        return self.player.markers_name
 
     @property
     def running(self) -> bool:
         """True while the stream is being served (False after the last pass ends)."""
-        return self._player is not None and self._player._executor is not None
+        return self._player is not None and self._player.running
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> Self:
@@ -214,10 +309,8 @@ class Replay:
 
     def stop(self) -> None:
         """Stop streaming and close the outlets (safe to call twice or after the end)."""
-        player = self._player
-        if player is not None and player._executor is not None:
-            with contextlib.suppress(RuntimeError):  # ended on its own in the meantime
-                player.stop()
+        if self._player is not None:
+            self._player.stop()
 
     def wait(self, stop: threading.Event | None = None, timeout: float | None = None) -> bool:
         """Block until the replay ends, ``stop`` is set or ``timeout`` s pass; True if it ended."""
