@@ -392,6 +392,18 @@ def cmd_eval_encoder(args: argparse.Namespace) -> int:
     return eval_encoder(args)
 
 
+def cmd_train_fmri_encoder(args: argparse.Namespace) -> int:
+    from .training.fmri_train import train_fmri_encoder
+
+    return train_fmri_encoder(args)
+
+
+def cmd_eval_fmri_encoder(args: argparse.Namespace) -> int:
+    from .brain.fmri_eval import eval_fmri_encoder
+
+    return eval_fmri_encoder(args)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .music.commands import generate
 
@@ -558,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(q)
     q.set_defaults(func=cmd_train_encoder)
 
+    q = train.add_parser("fmri-encoder", help="Self-supervised fMRI encoder (HCP region series) → ONNX + card.")
+    _add_lazy(q, "brainharmonic_rt.training.fmri_train", "add_train_fmri_arguments")
+    q.set_defaults(func=cmd_train_fmri_encoder)
+
     q = train.add_parser(
         "generator",
         help="Conditioned note generator (bar VAE + decoder) on a MIDI corpus → ONNX "
@@ -589,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lazy(q, "brainharmonic_rt.brain.evaluate", "add_eval_arguments")
     _add_config(q)
     q.set_defaults(func=cmd_eval_encoder)
+    q = ev.add_parser(
+        "fmri-encoder", help="Rest vs task and run identity of held-out subjects from the fMRI latents vs a baseline."
+    )
+    _add_lazy(q, "brainharmonic_rt.brain.fmri_eval", "add_eval_fmri_arguments")
+    q.set_defaults(func=cmd_eval_fmri_encoder)
     q = ev.add_parser("music", help="Music metrics (pitch-class entropy, scale/groove consistency, ...) of MIDI files.")
     _add_lazy(q, "brainharmonic_rt.music.commands", "add_eval_music_args")
     q.set_defaults(func=cmd_eval_music)

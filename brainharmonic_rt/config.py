@@ -330,6 +330,9 @@ class EncoderSettings(_Section):
     model: Path | None = Field(
         None, description="ONNX encoder to load; none = models/encoder.onnx shipped with the project."
     )
+    fmri_model: Path | None = Field(
+        None, description="ONNX fMRI encoder for fMRI inputs; none = models/fmri_encoder.onnx shipped with the project."
+    )
     threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = CUDA when onnxruntime offers it, else CPU."
