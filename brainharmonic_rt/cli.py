@@ -74,7 +74,7 @@ def _control_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tuple[float, str]]]:
     """An offline source for INPUT (recording files, BIDS, session folder or fMRI .npy).
 
-    Returns (source, settings recorded with a session or None, markers).
+    Returns (source, settings that come with the input (a session's, or fMRI's) or None, markers).
     """
     from .recording import is_session, read_session
     from .sources.files import ArraySource, BIDSSelector, open_recordings
@@ -89,14 +89,15 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tu
         if sess.config_toml and getattr(args, "config", None) is None:
             recorded = load_settings(first / "config.toml")
         return _limit(source, args), recorded, []
-    if first.suffix.lower() == ".npy":
-        from .sources.fmri import read_fmri
+    from .sources.fmri import fmri_kind
 
-        preset = None
-        if getattr(args, "config", None) is None:
-            # BOLD is slow: EEG bands do not fit a 1.4 Hz signal, so fMRI gets its own defaults.
-            preset = load_settings(Path(__file__).parent / "presets" / "fmri.toml")
-        return _limit(read_fmri(first, tr=args.tr), args), preset, []
+    if fmri_kind(first) is not None:
+        from .cli_fmri import open_fmri_input
+
+        return open_fmri_input(args, first, _limit)
+    from .cli_fmri import check_not_fmri
+
+    check_not_fmri(args)
     bids = None
     if getattr(args, "subject", None) is not None:
         bids = BIDSSelector(root=first, subject=args.subject, session=args.session, task=args.task, run=args.run)
@@ -457,7 +458,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, help="Use at most this many seconds of input.")
     p.add_argument("--start", type=float, default=0.0, help="Skip this many seconds at the start of the input.")
-    p.add_argument("--tr", type=float, default=0.72, help="Repetition time (s) of an fMRI .npy input.")
+    _add_lazy(p, "brainharmonic_rt.cli_fmri", "add_fmri_input_arguments")
     bids = p.add_argument_group("BIDS selection (INPUT is a BIDS root)")
     bids.add_argument("--subject", help="BIDS subject label.")
     bids.add_argument("--session", help="BIDS session label.")
