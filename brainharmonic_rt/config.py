@@ -325,7 +325,7 @@ class ControlSettings(_Section):
 
 
 class EncoderSettings(_Section):
-    """The learned EEG encoder used in ``learned`` mode (see ``brainharmonic_rt.brain.encoder``)."""
+    """The learned encoders used in ``learned`` mode (EEG: ``brain.encoder``; fMRI inputs: ``brain.fmri_encoder``)."""
 
     model: Path | None = Field(
         None, description="ONNX encoder to load; none = models/encoder.onnx shipped with the project."

@@ -3,6 +3,9 @@ from the shipped HCP region signals; replay refuses fMRI with a sentence."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -116,3 +119,30 @@ def test_replay_refuses_fmri_with_a_sentence(tmp_path: Path, signals: np.ndarray
             load_recording(path)
         with pytest.raises(DataError, match="cannot be replayed live"):
             Replay(path, name="never").start()
+
+
+def test_render_cli_nifti_with_atlas_and_labels(tmp_path: Path, signals: np.ndarray) -> None:
+    """`render RUN.nii.gz --atlas ... --labels ...`: the labelled networks become the instruments."""
+    import mido
+
+    long = np.tile(signals, (4, 1))  # 320 volumes (230 s): past the preset's 100 s window and 150 s baseline
+    run, atlas = write_nifti(tmp_path, long)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "region,network\n" + "".join(f"R{k:03d},{'Vis' if k <= 6 else 'Default'}\n" for k in range(1, 13))
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "n.mid"
+    cmd = [sys.executable, "-m", "brainharmonic_rt.cli", "render", str(run), "--atlas", str(atlas), "--out", str(out)]
+    r = subprocess.run([*cmd, "--labels", str(labels)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "12 channels" in r.stdout
+    tracks = {t.name for t in mido.MidiFile(out).tracks}
+    assert {"visual", "default"} <= tracks, tracks
+    r = subprocess.run([*cmd, "--labels", str(tmp_path / "none.csv")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "none.csv cannot be read" in r.stderr and "Traceback" not in r.stderr
+    edf = Path(__file__).resolve().parents[2] / "shared" / "data" / "eeg" / "eegmat" / "Subject00_1.edf"
+    r = subprocess.run(
+        [*cmd[:4], str(edf), "--regions", "3", "--out", str(out)], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 2 and "--regions applies to fMRI inputs" in r.stderr

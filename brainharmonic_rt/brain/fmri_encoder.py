@@ -216,7 +216,9 @@ class FmriLearnedBrain:
         self.latent_map: Path = self.model.latent_map_path
         self.n_encoded = 0
         self._last_token: int | None = None
-        log.info("fMRI encoder %s (v%s) on %d regions", self.model.model.path.name, self.spec.version, len(self.input.order))
+        log.info(
+            "fMRI encoder %s (v%s) on %d regions", self.model.model.path.name, self.spec.version, len(self.input.order)
+        )
 
     def process(self, window: Window) -> BrainState:
         """Band powers (classic) and learned latents of one preprocessed window."""

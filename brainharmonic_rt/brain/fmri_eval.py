@@ -50,9 +50,7 @@ def network_statistics(x: np.ndarray, groups: Sequence[Sequence[int]]) -> np.nda
     return np.concatenate([m.mean(axis=1), m.std(axis=1), np.nan_to_num(c)])
 
 
-def window_features(
-    model: FmriEncoderModel, runs: Sequence[RunSeries], classes: Sequence[str]
-) -> Features:
+def window_features(model: FmriEncoderModel, runs: Sequence[RunSeries], classes: Sequence[str]) -> Features:
     """Latents (ONNX, batched), tokens and baseline features of every runtime window of ``runs``."""
     from ..events import SignalInfo
 

@@ -1,14 +1,13 @@
 """The ensemble: one instrument per channel group.
 
-Scalp regions get instruments that suit what they drive: frontal → melody
-(vibraphone), central → harmony (warm pad), temporal → bass (acoustic bass, low
-register), parietal → texture (harp arpeggios), occipital → a second melody
-(marimba). Brain networks (fMRI) get theirs by name (:data:`NETWORK_DEFAULTS`).
-Groups with other names (``group1`` .. ``groupN`` for unknown layouts) take roles in the order bass, harmony, melody, texture, … so the first four
-already make a band. An ensemble of three or more without a temporal group gets its bass from
-the occipital group (else the last one), so small headsets (8 channels) still have a bottom; a
-4-channel Muse (frontal + temporal) plays melody over bass. Each instrument gets its own MIDI channel; channel 9 (GM
-percussion) only for the percussion role.
+Scalp regions get instruments that suit what they drive: frontal → melody (vibraphone), central → harmony
+(warm pad), temporal → bass (acoustic bass, low register), parietal → texture (harp arpeggios), occipital → a
+second melody (marimba). Brain networks (fMRI) get theirs by name (:data:`NETWORK_DEFAULTS`). Groups with
+other names (``group1`` .. ``groupN`` for unknown layouts) take roles in the order bass, harmony, melody,
+texture, … so the first four already make a band. An ensemble of three or more without a temporal group gets
+its bass from the occipital group (else the last one), so small headsets (8 channels) still have a bottom; a
+4-channel Muse (frontal + temporal) plays melody over bass. Each instrument gets its own MIDI channel; channel
+9 (GM percussion) only for the percussion role.
 
 User entries in ``music.instruments`` (keyed by group name) override field-wise:
 only the fields the user wrote replace the defaults (pydantic's

@@ -152,7 +152,9 @@ def read_labels_file(path: str | Path, ch_names: Sequence[str]) -> dict[str, lis
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise ConfigError(f"Labels file {path} cannot be read ({exc.strerror or exc}); check the --labels path.") from None
+        raise ConfigError(
+            f"Labels file {path} cannot be read ({exc.strerror or exc}); check the --labels path."
+        ) from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip() and line[0] != "#"]
     if not lines:
         raise ConfigError(f"Labels file {path} holds no rows; write one 'region,network' line per region.")

@@ -33,7 +33,7 @@ def fmri_settings(**overrides: dict[str, object]) -> Settings:
 
 
 def fmri_kind(path: str | Path) -> str | None:
-    """"npy", "cifti", "nifti" or None (not an fMRI input), from the file name."""
+    """ "npy", "cifti", "nifti" or None (not an fMRI input), from the file name."""
     name = Path(path).name.lower()
     if name.endswith(".npy"):
         return "npy"
@@ -122,7 +122,7 @@ def region_source(
     """Check a (volumes, regions) array and wrap it as a 1/TR Hz source named after ``path``."""
     if not (np.isfinite(tr) and 0 < tr <= 60):
         raise DataError(f"TR {tr!r} s for {path} is not a positive number of seconds; pass e.g. --tr 0.72.")
-    n_volumes, n_regions = data.shape
+    n_volumes = data.shape[0]
     if n_volumes < 2:
         raise DataError(f"fMRI file {path} holds only {n_volumes} volume; a run needs at least 2 volumes.")
     bad = ~np.isfinite(data)

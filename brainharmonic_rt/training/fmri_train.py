@@ -66,6 +66,12 @@ def add_train_fmri_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-dim", type=int, default=32, help="Latent size (default %(default)s, as the EEG encoder).")
     p.add_argument("--codebook-size", type=int, default=32, help="Brain tokens K (default %(default)s).")
     p.add_argument("--temperature", type=float, default=0.1, help="InfoNCE temperature (default %(default)s).")
+    p.add_argument(
+        "--contrast",
+        choices=["subject", "all"],
+        default="subject",
+        help="Negatives: the same subject's other runs only (default), or every other run in the batch.",
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default %(default)s).")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default %(default)s).")
     p.add_argument("--no-latent-map", action="store_true", help="Skip fitting the brain → music latent map.")
@@ -74,7 +80,7 @@ def add_train_fmri_arguments(p: argparse.ArgumentParser) -> None:
 def _command(args: argparse.Namespace) -> str:
     parts = ["brainharmonic", "train", "fmri-encoder"]
     for name in ("data", "out", "test_subjects", "steps", "per_run", "lr", "components", "latent_dim",
-                 "codebook_size", "temperature", "seed", "threads"):  # fmt: skip
+                 "codebook_size", "temperature", "contrast", "seed", "threads"):  # fmt: skip
         parts += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return shlex.join(parts)
 
@@ -191,7 +197,7 @@ def train_fmri_encoder(args: argparse.Namespace) -> int:
         mask[g, list(idx)] = 1.0
     gmask = torch.from_numpy(mask)
     person = {s: k for k, s in enumerate(train_subjects)}
-    run_person = torch.tensor([person[r.file.subject] for r in runs])
+    run_person = torch.tensor([person[r.file.subject] if args.contrast == "subject" else 0 for r in runs])
     prep_s = time.perf_counter() - t0
 
     model = FmriEncoder(cfg)
@@ -221,14 +227,22 @@ def train_fmri_encoder(args: argparse.Namespace) -> int:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 100 == 0 or step == args.steps:
-            history.append({"step": step, "global": loss_g.item(), "group": loss_n.item(), "seconds": time.perf_counter() - t1})
+            history.append(
+                {"step": step, "global": loss_g.item(), "group": loss_n.item(), "seconds": time.perf_counter() - t1}
+            )
             h = history[-1]
-            print(f"step {step}: run contrast {h['global']:.3f}, groups {h['group']:.3f} ({h['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"step {step}: run contrast {h['global']:.3f}, groups {h['group']:.3f} ({h['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     train_s = time.perf_counter() - t1
 
     model.eval()
     with torch.no_grad():
-        lat = np.concatenate([model(torch.from_numpy(_windows(r, order, cfg.n_volumes)), gmask)[0].numpy() for r in runs])
+        lat = np.concatenate(
+            [model(torch.from_numpy(_windows(r, order, cfg.n_volumes)), gmask)[0].numpy() for r in runs]
+        )
     model.codebook.copy_(torch.from_numpy(kmeans_codebook(lat, cfg.codebook_size, args.seed)))
     version = f"{__version__}+{_hash(model)}"
     meta = _spec_meta(cfg, settings.signal.bandpass, tr, version, out, train_subjects, test_subjects, args)
@@ -239,12 +253,13 @@ def train_fmri_encoder(args: argparse.Namespace) -> int:
         map_info = fit_fmri_latent_map(encoder, runs, order, mask)
     info = {
         "version": version, "command": _command(args), "data": str(args.data), "train": train_subjects,
-        "test": test_subjects, "runs": len(runs), "model": cfg.as_dict(), "params": sum(p.numel() for p in model.parameters()),
+        "test": test_subjects, "runs": len(runs), "model": cfg.as_dict(),
+        "params": sum(p.numel() for p in model.parameters()),
         "onnx_kib": out.stat().st_size / 1024, "parity": diff, "prepare_s": prep_s, "train_s": train_s,
         "total_s": time.perf_counter() - t0, "history": history, "signal": settings.signal.model_dump(mode="json"),
         "latent_map": map_info, "threads": args.threads, "cpu": os.cpu_count(),
         "optimisation": {"steps": args.steps, "per_run": args.per_run, "lr": args.lr, "temperature": args.temperature,
-                         "weight_decay": 1e-2, "warmup": 50, "group_weight": 0.5, "seed": args.seed},
+                         "contrast": args.contrast, "weight_decay": 1e-2, "warmup": 50, "group_weight": 0.5, "seed": args.seed},
     }  # fmt: skip
     write_section(card, "training", training_section(info), title="# fMRI encoder: model card")
     print(f"wrote {out} (v{version}, parity {diff:.1e}), card {card}; training took {train_s:.0f} s")
@@ -308,6 +323,7 @@ class _Export(nn.Module):
 
 
 def _export(model: FmriEncoder, cfg: FmriModelConfig, out: Path, meta: dict[str, str]) -> float:
+    out.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     example = (torch.randn(2, cfg.n_regions, cfg.n_volumes, generator=gen), _mask(3, cfg.n_regions))
     b, g = torch.export.Dim("batch", min=1), torch.export.Dim("groups", min=1)
@@ -359,7 +375,9 @@ def fit_fmri_latent_map(
 ) -> dict[str, Any]:
     """Fit the brain → music latent map on the training runs' session-centred latents (global and groups)."""
     if not MUSIC_SPACE.is_file():
-        raise DataError(f"Music latent summary {MUSIC_SPACE} does not exist; run `brainharmonic train generator` first.")
+        raise DataError(
+            f"Music latent summary {MUSIC_SPACE} does not exist; run `brainharmonic train generator` first."
+        )
     m = np.load(MUSIC_SPACE)
     music = Space(m["mean"], m["axes"], m["std"])
     xs = []
@@ -375,7 +393,9 @@ def fit_fmri_latent_map(
 
 
 def training_section(info: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {h['step']} | {h['global']:.3f} | {h['group']:.3f} | {h['seconds']:.0f} |" for h in info["history"])
+    rows = "\n".join(
+        f"| {h['step']} | {h['global']:.3f} | {h['group']:.3f} | {h['seconds']:.0f} |" for h in info["history"]
+    )
     return "\n".join([
         "## Training (written by `brainharmonic train fmri-encoder`)",
         "",
@@ -383,7 +403,8 @@ def training_section(info: dict[str, Any]) -> str:
         f"ONNX {info['onnx_kib']:.0f} KiB; torch vs onnxruntime max abs difference {info['parity']:.1e}.",
         f"- **Command** `{info['command']}`",
         f"- **Data** `{info['data']}`: {info['runs']} runs. Train subjects ({len(info['train'])}): "
-        f"{', '.join(info['train'])}. Held out of all training ({len(info['test'])}): {', '.join(info['test']) or 'none'}.",
+        f"{', '.join(info['train'])}. Held out of all training ({len(info['test'])}): "
+        f"{', '.join(info['test']) or 'none'}.",
         f"- **Windows** from the runtime's `SignalChain` with the fMRI preset {json.dumps(info['signal'])}; "
         f"the model reads the last {info['model']['n_volumes']} volumes of the band-passed regions.",
         f"- **Model** {json.dumps(info['model'])}",
