@@ -70,7 +70,7 @@ def test_engine_learned_mode_plays_fmri_with_latents_tokens_and_its_map(model: F
     states, notes = asyncio.run(play())
     assert len(states) > 50 and all(s.latent is not None and np.isfinite(s.latent).all() for s in states)
     assert all(g.latent is not None for g in states[-1].groups)
-    assert len({s.token for s in states}) >= 2
+    assert all(s.token is not None and 0 <= s.token < model.spec.codebook_size for s in states)
     assert len(notes) > 50 and len({n.channel for n in notes}) >= 4
 
 
@@ -96,7 +96,7 @@ def test_embed_cli_writes_latents_for_an_fmri_run(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     z = np.load(out)
     n = z["times"].size
-    assert n == 284 - 139 + 1 and z["global_latent"].shape == (n, 32) and z["tokens"].shape == (n,)
+    assert n == (284 - 139) // 2 + 1 and z["global_latent"].shape == (n, 32) and z["tokens"].shape == (n,)
     assert z["group_latents"].shape == (n, 8, 32) and str(z["group_names"][0]) == "visual"
     assert np.isfinite(z["global_latent"]).all() and (z["tokens"] >= 0).all()
 
