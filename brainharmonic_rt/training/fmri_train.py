@@ -259,7 +259,8 @@ def train_fmri_encoder(args: argparse.Namespace) -> int:
         "total_s": time.perf_counter() - t0, "history": history, "signal": settings.signal.model_dump(mode="json"),
         "latent_map": map_info, "threads": args.threads, "cpu": os.cpu_count(),
         "optimisation": {"steps": args.steps, "per_run": args.per_run, "lr": args.lr, "temperature": args.temperature,
-                         "contrast": args.contrast, "weight_decay": 1e-2, "warmup": 50, "group_weight": 0.5, "seed": args.seed},
+                         "contrast": args.contrast, "weight_decay": 1e-2, "warmup": 50, "group_weight": 0.5,
+                         "seed": args.seed},
     }  # fmt: skip
     write_section(card, "training", training_section(info), title="# fMRI encoder: model card")
     print(f"wrote {out} (v{version}, parity {diff:.1e}), card {card}; training took {train_s:.0f} s")
