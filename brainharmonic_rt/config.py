@@ -436,10 +436,13 @@ class ControlSettings(_Section):
 
 
 class EncoderSettings(_Section):
-    """The learned EEG encoder used in ``learned`` mode (see ``brainharmonic_rt.brain.encoder``)."""
+    """The learned encoders used in ``learned`` mode (EEG: ``brain.encoder``; fMRI inputs: ``brain.fmri_encoder``)."""
 
     model: Path | None = Field(
         None, description="ONNX encoder to load; none = models/encoder.onnx shipped with the project."
+    )
+    fmri_model: Path | None = Field(
+        None, description="ONNX fMRI encoder for fMRI inputs; none = models/fmri_encoder.onnx shipped with the project."
     )
     threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.")
     device: Literal["auto", "cpu", "cuda"] = Field(

@@ -72,10 +72,10 @@ class Engine:
         self.chain = SignalChain(info, settings.signal, settings.quality, settings.artifacts)
         self.brain: ClassicBrain | LearnedBrain
         if settings.music.mode == "learned":
-            # The learned encoder adds a latent vector and a brain token to every brain state.
-            from .brain.encoder import LearnedBrain
+            # The learned encoder (EEG, or fMRI for fMRI sources) adds a latent vector and a brain token.
+            from .brain.learned_brain import learned_brain
 
-            self.brain = LearnedBrain(info, settings.signal, settings.bands, settings.encoder)
+            self.brain = learned_brain(info, settings.signal, settings.bands, settings.encoder)
         else:
             self.brain = ClassicBrain(info, settings.signal, settings.bands)
         self.instruments: dict[str, InstrumentSettings] = resolve_instruments(list(self.brain.groups), settings.music)
@@ -88,7 +88,7 @@ class Engine:
             from .music.learned import LearnedComposer
 
             self.composer = LearnedComposer(
-                self.instruments, settings.music, settings.generator, settings.harmony, centres=self.centres
+                self.instruments, settings.music, self._generator_settings(), settings.harmony, centres=self.centres
             )
         else:
             self.composer = ClassicComposer(self.instruments, settings.music, settings.harmony)
@@ -191,6 +191,13 @@ class Engine:
             if msgs:
                 self.scheduler.schedule_messages(msgs)
 
+    def _generator_settings(self) -> Any:
+        """[generator] settings, with the brain's own latent map when its latents need one (fMRI)."""
+        own = getattr(self.brain, "latent_map", None)
+        if own is None or self.settings.generator.latent_map is not None:
+            return self.settings.generator
+        return self.settings.generator.model_copy(update={"latent_map": own})
+
     def set_mode(self, mode: str) -> dict[str, Any]:
         """Switch composers live (an MQTT ``set_mode``): the new one takes over the beat grid, the plan,
         the arbiter and the instruments from the end of what is composed, so nothing stops or jumps.
@@ -209,7 +216,7 @@ class Engine:
             from .music.learned import LearnedComposer
 
             new = LearnedComposer(
-                instruments, music, self.settings.generator, self.settings.harmony, centres=self.centres
+                instruments, music, self._generator_settings(), self.settings.harmony, centres=self.centres
             )
         else:
             from .music.classic import ClassicComposer

@@ -11,5 +11,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 extra=""
-[ "${1:-}" = "test" ] && extra="[test,train]"  # the tests train tiny models, so they need torch (CPU wheel)
+[ "${1:-}" = "test" ] && extra="[test,train,fmri]"  # the tests train tiny models (torch, CPU wheel) and read NIfTI/CIFTI
 .venv/bin/python -m pip install -q -e ".${extra}"

@@ -284,8 +284,8 @@ def test_embed_input_shorter_than_a_window(eegmat_dir: Path, tmp_path: Path) -> 
 
 def test_runtime_never_imports_torch() -> None:
     code = (
-        "import sys, brainharmonic_rt.brain.encoder, brainharmonic_rt.brain.embed, "
-        "brainharmonic_rt.brain.evaluate, brainharmonic_rt.onnx_models, brainharmonic_rt.training; "
+        "import sys, brainharmonic_rt.brain.encoder, brainharmonic_rt.evaluation.embed, "
+        "brainharmonic_rt.evaluation.encoder, brainharmonic_rt.onnx_models, brainharmonic_rt.training; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -258,7 +258,9 @@ async def test_read_fmri_real_run() -> None:
     src = read_fmri(FMRI)
     expected = np.load(FMRI)
     assert src.info.stype == "fMRI" and src.info.sfreq == pytest.approx(1 / 0.72)
-    assert src.info.n_channels == 379 and src.info.ch_names[0] == "R001" and src.info.ch_names[-1] == "R379"
+    # 379 columns are the HCP-MMP1 layout: channels carry the MMP labels, so they group by network
+    assert src.info.n_channels == 379 and src.info.ch_names[0] == "L_V1" and src.info.ch_names[180] == "R_V1"
+    assert src.info.ch_names[-1] == "brainStem"
     assert src.markers == [(0.0, "rfMRI_REST1_LR")]
     async with src:
         chunks = [c async for c in src.chunks()]

@@ -61,9 +61,9 @@ def control_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tuple[float, str]]]:
-    """An offline source for INPUT (recording files, BIDS, session folder or fMRI .npy).
+    """An offline source for INPUT (recording files, BIDS, session folder or fMRI).
 
-    Returns (source, settings recorded with a session or None, markers).
+    Returns (source, settings that come with the input (a session's, or fMRI's) or None, markers).
     """
     from ..recording import is_session, read_session
     from ..sources.files import ArraySource, BIDSSelector, open_recordings
@@ -78,18 +78,12 @@ def open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tup
         if sess.config_toml and getattr(args, "config", None) is None:
             recorded = load_settings(first / "config.toml")
         return limit(source, args), recorded, []
-    if first.suffix.lower() == ".npy":
-        from ..sources.fmri import read_fmri
+    from ..sources.fmri import fmri_kind
+    from . import fmri
 
-        preset = None
-        if getattr(args, "config", None) is None:
-            # BOLD is slow: EEG bands do not fit a 1.4 Hz signal, so fMRI gets its own defaults.
-            preset = load_settings(Path(__file__).parents[1] / "presets" / "fmri.toml")
-        if args.tr is None:
-            raise ConfigError(
-                f"fMRI input {first} needs its repetition time: pass --tr SECONDS (0.72 for the HCP runs)."
-            )
-        return limit(read_fmri(first, tr=args.tr), args), preset, []
+    if fmri_kind(first) is not None:
+        return fmri.open_fmri_input(args, first, limit)
+    fmri.check_not_fmri(args)
     bids = None
     if getattr(args, "subject", None) is not None:
         bids = BIDSSelector(root=first, subject=args.subject, session=args.session, task=args.task, run=args.run)
@@ -156,7 +150,9 @@ def not_negative(text: str) -> float:
 def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=positive, help="Use at most this many seconds of input.")
     p.add_argument("--start", type=not_negative, default=0.0, help="Skip this many seconds at the start of the input.")
-    p.add_argument("--tr", type=positive, help="Repetition time (s) of an fMRI .npy input (required for .npy).")
+    from .fmri import add_fmri_input_arguments
+
+    add_fmri_input_arguments(p)
     add_channel_options(p)
     bids = p.add_argument_group("BIDS selection (INPUT is a BIDS root)")
     bids.add_argument("--subject", help="BIDS subject label.")

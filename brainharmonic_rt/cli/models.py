@@ -15,6 +15,9 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     add_lazy(q, "brainharmonic_rt.training.cli_train", "add_train_arguments", lazy)
     add_config(q)
     q.set_defaults(func=cmd_train_encoder)
+    q = train.add_parser("fmri-encoder", help="Self-supervised fMRI encoder (HCP region series) → ONNX + card.")
+    add_lazy(q, "brainharmonic_rt.training.fmri_train", "add_train_fmri_arguments", lazy)
+    q.set_defaults(func=cmd_train_fmri_encoder)
 
     q = train.add_parser(
         "generator",
@@ -47,6 +50,11 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     add_lazy(q, "brainharmonic_rt.evaluation.encoder", "add_eval_arguments", lazy)
     add_config(q)
     q.set_defaults(func=cmd_eval_encoder)
+    q = ev.add_parser(
+        "fmri-encoder", help="Rest vs task and run identity of held-out subjects from the fMRI latents vs a baseline."
+    )
+    add_lazy(q, "brainharmonic_rt.evaluation.fmri_eval", "add_eval_fmri_arguments", lazy)
+    q.set_defaults(func=cmd_eval_fmri_encoder)
     q = ev.add_parser("music", help="Music metrics (pitch-class entropy, scale/groove consistency, ...) of MIDI files.")
     add_lazy(q, "brainharmonic_rt.evaluation.generate", "add_eval_music_args", lazy)
     q.set_defaults(func=cmd_eval_music)
@@ -56,6 +64,18 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     from ..training.cli_train import train_encoder
 
     return train_encoder(args)
+
+
+def cmd_train_fmri_encoder(args: argparse.Namespace) -> int:
+    from ..training.fmri_train import train_fmri_encoder
+
+    return train_fmri_encoder(args)
+
+
+def cmd_eval_fmri_encoder(args: argparse.Namespace) -> int:
+    from ..evaluation.fmri_eval import eval_fmri_encoder
+
+    return eval_fmri_encoder(args)
 
 
 def cmd_export_encoder(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..brain.encoder import EncoderModel, LearnedBrain
+from ..brain.learned_brain import learned_brain
 from ..config import Settings
 from ..errors import DataError
 from ..signal import SignalChain
@@ -70,7 +70,7 @@ class Embeddings:
         return path
 
 
-async def embed_source(source: Any, settings: Settings, *, model: EncoderModel | None = None) -> Embeddings:
+async def embed_source(source: Any, settings: Settings, *, model: Any = None) -> Embeddings:
     """Latents of every window of an offline ``source`` (an entered-once async context manager)."""
     times: list[float] = []
     glob: list[np.ndarray] = []
@@ -80,7 +80,7 @@ async def embed_source(source: Any, settings: Settings, *, model: EncoderModel |
     ok: list[list[bool]] = []
     async with source:
         info = source.info
-        brain = LearnedBrain(info, settings.signal, settings.bands, settings.encoder, model=model)
+        brain = learned_brain(info, settings.signal, settings.bands, settings.encoder, model=model)
         chain = SignalChain(info, settings.signal)
         d = brain.spec.latent_dim
         n_groups = len(brain.groups)
@@ -116,7 +116,7 @@ async def embed_source(source: Any, settings: Settings, *, model: EncoderModel |
     )
 
 
-def embed(source: Any, settings: Settings, out: Path | str, *, model: EncoderModel | None = None) -> Embeddings:
+def embed(source: Any, settings: Settings, out: Path | str, *, model: Any = None) -> Embeddings:
     """Compute the latents of ``source`` and write them to ``out`` (.npz)."""
     result = asyncio.run(embed_source(source, settings, model=model))
     result.save(out)
@@ -137,7 +137,8 @@ def embed_command(args: argparse.Namespace, source: Any, settings: Settings) -> 
     """`brainharmonic embed`: ``source`` and ``settings`` come from the CLI's input handling."""
     update: dict[str, Any] = {}
     if getattr(args, "model", None):
-        update["model"] = Path(args.model)
+        # --model names the encoder for this input's modality (fMRI inputs use [encoder] fmri_model)
+        update["fmri_model" if source.info.stype == "fMRI" else "model"] = Path(args.model)
     if getattr(args, "threads", None):
         update["threads"] = args.threads
     if update:

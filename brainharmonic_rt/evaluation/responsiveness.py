@@ -20,7 +20,7 @@ A bar's label is the recording whose signal made it: the windows that composed i
 ``[start − lookahead − hop, end − lookahead)``; together with the window length and a settling
 margin (the smoothing of the brain features) that stretch of signal must lie in one recording,
 and no composing window may still be calibrating, else the bar is left out. A class-balanced
-logistic probe (:mod:`..brain.probe`, standardised on the training folds only) then tells rest
+logistic probe (:mod:`.probe`, standardised on the training folds only) then tells rest
 from task bars of subjects it never saw. :func:`what_moves` says, per feature, how far and how
 consistently it moves from rest to task, and with which brain band it goes up and down.
 """

@@ -1,14 +1,13 @@
 """The ensemble: one instrument per channel group.
 
-Scalp regions get instruments that suit what they drive: frontal → melody
-(vibraphone), central → harmony (warm pad), temporal → bass (acoustic bass, low
-register), parietal → texture (harp arpeggios), occipital → a second melody
-(marimba). Groups with other names (``group1`` .. ``groupN`` for unknown layouts)
-take roles in the order bass, harmony, melody, texture, … so the first four
-already make a band. An ensemble of three or more without a temporal group gets its bass from
-the occipital group (else the last one), so small headsets (8 channels) still have a bottom; a
-4-channel Muse (frontal + temporal) plays melody over bass. Each instrument gets its own MIDI channel; channel 9 (GM
-percussion) only for the percussion role.
+Scalp regions get instruments that suit what they drive: frontal → melody (vibraphone), central → harmony
+(warm pad), temporal → bass (acoustic bass, low register), parietal → texture (harp arpeggios), occipital → a
+second melody (marimba). Brain networks (fMRI) get theirs by name (:data:`NETWORK_DEFAULTS`). Groups with
+other names (``group1`` .. ``groupN`` for unknown layouts) take roles in the order bass, harmony, melody,
+texture, … so the first four already make a band. An ensemble of three or more without a temporal group gets
+its bass from the occipital group (else the last one), so small headsets (8 channels) still have a bottom; a
+4-channel Muse (frontal + temporal) plays melody over bass. Each instrument gets its own MIDI channel; channel
+9 (GM percussion) only for the percussion role.
 
 User entries in ``music.instruments`` (keyed by group name) override field-wise:
 only the fields the user wrote replace the defaults (pydantic's
@@ -44,6 +43,22 @@ REGION_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("occip", {"role": "melody", "program": 12, "low": 55, "high": 79, "velocity": (50, 100)}),  # marimba
 )
 
+#: Brain-network templates (fMRI, see networks.py), matched by exact group name, chosen for what
+#: each network does: the visual system leads with a bright line, the somatomotor (and auditory) strip
+#: keeps time on percussion, the deep structures hold the bass, the default mode network (the brain at
+#: rest, turned inwards) sustains the pad, the salience / cingulo-opercular network swells in strings,
+#: control (frontoparietal) and language carry melodies, attention plays the harp's quick figures.
+NETWORK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "visual": {"role": "melody", "program": 8, "low": 67, "high": 91, "velocity": (50, 100)},  # celesta
+    "somatomotor": ROLE_DEFAULTS["percussion"],
+    "attention": ROLE_DEFAULTS["texture"],  # harp
+    "cingulo_opercular": {**ROLE_DEFAULTS["harmony"], "program": 48},  # string ensemble
+    "language": {"role": "melody", "program": 71, "low": 52, "high": 79, "velocity": (45, 95)},  # clarinet
+    "frontoparietal": ROLE_DEFAULTS["melody"],  # vibraphone
+    "default": ROLE_DEFAULTS["harmony"],  # warm pad
+    "subcortical": ROLE_DEFAULTS["bass"],  # acoustic bass
+}
+
 #: Templates for groups that are not scalp regions, in order of appearance.
 FALLBACK_DEFAULTS: tuple[dict[str, Any], ...] = (
     ROLE_DEFAULTS["bass"],
@@ -71,6 +86,9 @@ def _templates(group_names: Sequence[str]) -> dict[str, dict[str, Any]]:
     fallback = 0
     for name in group_names:
         lowered = name.lower()
+        if lowered in NETWORK_DEFAULTS:
+            out[name] = dict(NETWORK_DEFAULTS[lowered])
+            continue
         region = next((key for key, _ in REGION_DEFAULTS if key in lowered), None)
         if region is not None and region not in used_regions:
             used_regions.add(region)

@@ -11,7 +11,9 @@ Why regions: neighbouring electrodes carry similar signals, so a region is a nat
 
 Midline ``z`` electrodes join the row they sit on (Fz frontal, Cz central, ...).
 Reference and auxiliary channels (A1, A2, M1, M2, ECG, EOG, EMG, ...) join no group.
-Unrecognised layouts (E1..E256, fMRI regions R001..) fall back to even contiguous groups.
+fMRI regions named by their HCP-MMP1 labels ("L_V1", ...) are grouped by brain network
+(:mod:`brainharmonic_rt.networks`). Unrecognised layouts (E1..E256, fMRI regions R001..)
+fall back to even contiguous groups.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..networks import network_groups
 
 REGIONS: tuple[str, ...] = ("frontal", "central", "temporal", "parietal", "occipital")
 
@@ -119,7 +122,8 @@ def group_channels(
     overrides : group name → channel names (raw or clean), from ``[signal.groups]``;
         when given (non-empty) these are the groups, in this order.
     n_fallback : number of even contiguous groups ("group1".."groupN") used when fewer
-        than half of the non-auxiliary channels have 10-20/10-10 names.
+        than half of the non-auxiliary channels have 10-20/10-10 names and fewer than half
+        are HCP-MMP1 region labels (those are grouped by network).
 
     Returns
     -------
@@ -137,6 +141,9 @@ def group_channels(
             if idx:
                 groups[region] = idx
         return groups
+    by_network = network_groups(ch_names)
+    if by_network:
+        return by_network
     pool = candidates or list(range(len(ch_names)))
     n = max(1, min(n_fallback, len(pool)))
     return {

@@ -60,6 +60,7 @@ def load_recording(
     matched by name) and each file's start becomes an annotation named after its
     stem (e.g. "Subject00_1", "Subject00_2"). ``start``/``seconds`` crop each file.
     """
+    _refuse_fmri(source)
     if not isinstance(source, str | Path | mne.io.BaseRaw):
         src = open_recordings(
             list(source), bids=bids, seconds=seconds, start=start, channels=channels, xdf_stream=xdf_stream
@@ -83,6 +84,21 @@ def load_recording(
         stop = raw.times[-1] if seconds is None else min(start + seconds, raw.times[-1])
         raw.crop(start, stop, include_tmax=seconds is None)
     return raw
+
+
+def _refuse_fmri(source: Recording) -> None:
+    """DataError for fMRI inputs: one volume per TR is far below the rate a live LSL source accepts."""
+    from .fmri import HCP_TR, fmri_kind
+    from .lsl import MIN_RATE
+
+    paths = [source] if isinstance(source, str | Path) else [] if isinstance(source, mne.io.BaseRaw) else source
+    for path in paths:
+        if isinstance(path, str | Path) and fmri_kind(path) is not None:
+            raise DataError(
+                f"{Path(path).name} is fMRI (one volume per TR, about {1 / HCP_TR:.2g} Hz at TR {HCP_TR:g} s); "
+                f"a live LSL stream must be sampled at {MIN_RATE:g} Hz or more, so it cannot be replayed live: "
+                f"render it offline instead (brainharmonic render {path} --out out.mid [--mode learned])."
+            )
 
 
 def make_player(
