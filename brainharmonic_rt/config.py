@@ -212,6 +212,11 @@ class HarmonySettings(_Section):
     strong_beat_chord_tones: bool = Field(
         True, description="Pitched onsets on beats 1 and 3 use chord tones only (scale tones elsewhere)."
     )
+    arbiter: bool = Field(
+        True,
+        description="The harmony arbiter guards every note (scale, chord tones, clash rule, the plan's register "
+        "lean and density); false keeps only the polyphony cap and the registers, so a learned model is heard alone.",
+    )
 
     @model_validator(mode="after")
     def _bands_known(self) -> HarmonySettings:

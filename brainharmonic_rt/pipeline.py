@@ -68,9 +68,9 @@ class Engine:
         self.composer: Any
         if settings.music.mode == "learned":
             # The generator composes; the brain latent steers it through the brain → music latent map.
-            from .music.learned import LearnedComposer
+            from .music.ensemble_composer import learned_composer
 
-            self.composer = LearnedComposer(
+            self.composer = learned_composer(
                 self.instruments, settings.music, settings.generator, settings.harmony, centres=self.centres
             )
         else:
@@ -98,9 +98,9 @@ class Engine:
         instruments = dict(self.composer.instruments)
         new: Any
         if mode == "learned":
-            from .music.learned import LearnedComposer
+            from .music.ensemble_composer import learned_composer
 
-            new = LearnedComposer(
+            new = learned_composer(
                 instruments, music, self.settings.generator, self.settings.harmony, centres=self.centres
             )
         else:
@@ -196,6 +196,7 @@ class RenderResult:
     seconds: float
     bars: list[BarPlan] = field(default_factory=list)  #: the harmonic plan, bar by bar
     arbiter_costs: list[float] = field(default_factory=list)  #: seconds of arbiter work per bar
+    composer_stats: dict[str, Any] = field(default_factory=dict)  #: what the guard did (EnsembleComposer.stats)
 
 
 def _open_sinks(sinks: Sequence[Sink], engine: Engine) -> None:
@@ -235,7 +236,8 @@ async def render(
             sink.close()
     bars = list(engine.composer.plan.history)
     costs = list(engine.composer.arbiter.bar_costs)
-    return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs)
+    stats = engine.composer.stats()
+    return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs, stats)
 
 
 class LivePipeline:
@@ -409,6 +411,8 @@ class LivePipeline:
             out["source"] = stats()
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.stats()
+        if self.engine is not None:
+            out["composer"] = self.engine.composer.stats()
         return out
 
     # ------------------------------------------------------------------ live control hooks

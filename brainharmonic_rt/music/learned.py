@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres, Space, bandpower_features
+from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError, ModelError
 from ..events import BrainState, Note
 from .composer import EnsembleComposer
 from .generator import FORBID, GeneratorModel, Voice, step_voices
 from .scales import pitch_classes
+from .steering import BrainSteering
 from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
 
 MAX_NOTE_BEATS = 8.0
@@ -108,7 +109,7 @@ class _LVoice:
     veto: Callable[[int], np.ndarray | None] | None = None  # the arbiter's check of a sampled pitch
 
 
-class LearnedComposer(EnsembleComposer[_LVoice]):
+class LearnedComposer(BrainSteering, EnsembleComposer[_LVoice]):
     """Brain states → notes from the generator, one voice per instrument (same contract as ClassicComposer).
 
     Parameters
@@ -137,18 +138,8 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         self._music = music
         self._gen = gen
         self.model = model or GeneratorModel(gen.model, threads=gen.threads, device=gen.device)
-        if latent_map is None:
-            path = Path(gen.latent_map) if gen.latent_map else DEFAULT_MAP
-            latent_map = LatentMap.load(path) if (gen.latent_map or path.is_file()) else None
-        self.latent_map = latent_map
-        if latent_map is not None and latent_map.music_dim != self.model.latent_dim:
-            raise ModelError(
-                f"The latent map gives {latent_map.music_dim} values but the generator expects "
-                f"{self.model.latent_dim}; fit the map again for this generator."
-            )
-        self._band_map: LatentMap | None = None
-        #: the session's latent centres; the pipeline passes its own, fed with every state in any mode
-        self.centres = centres if centres is not None else SessionCentres()
+        path = Path(gen.latent_map) if gen.latent_map else None
+        self._init_steering(latent_map, path, DEFAULT_MAP, self.model.latent_dim, centres)
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
         self.arbiter.set_vocab(len(vocab), pitch_ids, vocab.value[pitch_ids].astype(int), TILT)
@@ -263,34 +254,6 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
         if max_polyphony is not None:
             self.arbiter.max_polyphony = int(max_polyphony)
             self._music = self._music.model_copy(update={"max_polyphony": int(max_polyphony)})
-
-    # -- brain side ------------------------------------------------------------------------------
-
-    def music_latent(self, state: BrainState, name: str) -> np.ndarray | None:
-        """Music latent (latent_dim,) for one instrument from a brain state, or None (calibrating)."""
-        group = next((g for g in state.groups if g.name == name), None)
-        own = group.latent if group is not None else None
-        vec = own if own is not None else state.latent
-        lmap = self.latent_map
-        if vec is not None and lmap is not None and vec.shape[-1] == lmap.brain_dim:
-            if lmap.centred:  # each latent source (group or global) has its own centre, fed in compose
-                vec = self.centres(name if own is not None else "", vec)
-            if state.calibrating or not np.all(np.isfinite(vec)):
-                return None
-            return lmap(vec)
-        if state.calibrating:
-            return None
-        feats = bandpower_features(group if group is not None else state)
-        return self._bands(feats.shape[0])(feats)
-
-    def _bands(self, k: int) -> LatentMap:
-        """Band z-scores are already standardised: identity brain space onto the music axes."""
-        if self._band_map is None or self._band_map.brain_dim != k:
-            d = self.model.latent_dim
-            music = self.latent_map.music if self.latent_map is not None else Space(np.zeros(d), np.eye(d), np.ones(d))
-            brain = Space(np.zeros(k), np.eye(k), np.ones(k))
-            self._band_map = LatentMap(brain, music, "whiten")
-        return self._band_map
 
     # -- music side ------------------------------------------------------------------------------
 
