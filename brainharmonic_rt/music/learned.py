@@ -165,7 +165,7 @@ class LearnedComposer(BrainSteering, EnsembleComposer[_LVoice]):
         self.vetoed = 0  #: sampled pitches the arbiter refused (sampled again from its mask)
 
     def _set_biases(self) -> None:
-        pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock else None
+        pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock and self.guarded else None
         for v in self._voices:
             v.fixed_bias = instrument_bias(self.model.vocab, v.inst, pcs, self._drums)
             v.voice.base_bias = v.fixed_bias
@@ -294,8 +294,8 @@ class LearnedComposer(BrainSteering, EnsembleComposer[_LVoice]):
 
     def _veto(self, v: _LVoice) -> Callable[[int], np.ndarray | None] | None:
         """The arbiter's say on a sampled pitch: None (allowed) or its full mask to sample again with."""
-        if v.inst.role == "percussion":
-            return None
+        if v.inst.role == "percussion" or not self.guarded:
+            return None  # arbiter off: only the registers (fixed bias) and the cap (admission) remain
 
         def check(token: int) -> np.ndarray | None:
             if not self._is_pitch[token]:
@@ -311,7 +311,7 @@ class LearnedComposer(BrainSteering, EnsembleComposer[_LVoice]):
 
     def _lean(self, v: _LVoice) -> None:
         """At each of its bars, a voice takes the plan's register lean into its fixed bias."""
-        if v.inst.role == "percussion":
+        if v.inst.role == "percussion" or not self.guarded:
             return
         lean = self.arbiter.lean_bias(v.index, self._time(v.offset + v.voice.decoder.beat))
         v.voice.base_bias = v.fixed_bias if lean is None or v.fixed_bias is None else v.fixed_bias + lean
@@ -363,7 +363,13 @@ class LearnedComposer(BrainSteering, EnsembleComposer[_LVoice]):
             pitch, dur = drum_sound(pitch), min(dur, 0.25 * spb)
         plan = self.arbiter.plan_at(t)
         on_beat = abs(beat - round(beat)) < 1e-9
-        if plan is not None and plan.density < 1.0 and not on_beat and v.thin_rng.random() > plan.density:
+        if (
+            self.guarded
+            and plan is not None
+            and plan.density < 1.0
+            and not on_beat
+            and v.thin_rng.random() > plan.density
+        ):
             return None  # a calmer plan plays sparser: off-beat notes are thinned
         got = self.arbiter.admit(v.index, t, dur, pitch, drum=drum, min_duration=0.25 * spb / self.steps_per_beat)
         if got is None:

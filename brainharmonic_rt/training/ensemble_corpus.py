@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..music.ensemble_grid import LOW_PITCH, MAX_DUR, N_PITCH, N_POS, ROLES, STEPS_PER_BEAT
+from ..music.evaluate import PieceNotes
 
 DEFAULT_DIR = Path.home() / ".cache" / "brainharmonic" / "ensemble-corpus"
 DEFAULT_MIDI = Path(__file__).resolve().parents[3] / "shared" / "data" / "midi"
@@ -499,3 +500,16 @@ def build_corpus_command(args: argparse.Namespace) -> int:
     print(json.dumps(info, indent=1))
     print(f"wrote {npz} ({arrays.n_steps.size} pieces, {arrays.line_piece.size} lines)")
     return 0
+
+
+def piece_notes(c: CorpusArrays, k: int) -> PieceNotes:
+    """Piece ``k`` as :class:`~brainharmonic_rt.music.evaluate.PieceNotes` in beats, one track per line."""
+    lines = c.piece_lines(k)
+    sel = np.isin(c.note_line, lines)
+    return PieceNotes.build(
+        c.onset[sel] / STEPS_PER_BEAT,
+        c.dur[sel] / STEPS_PER_BEAT,
+        c.pitch[sel].astype(np.int64),
+        np.zeros(int(sel.sum()), bool),
+        c.note_line[sel].astype(np.int64),
+    )
