@@ -28,6 +28,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,10 +277,10 @@ def _key_of_histogram(pcs: np.ndarray) -> tuple[int, str]:
     return best[1], best[2]
 
 
-def music21_files(corpus_root: Path) -> list[tuple[str, Path]]:
-    """(folder, file) of every score of the sources, sorted."""
+def music21_files(corpus_root: Path, folders: Sequence[str] = tuple(SOURCES)) -> list[tuple[str, Path]]:
+    """(folder, file) of every score of the sources (music21 corpus folders), sorted."""
     out = []
-    for folder in SOURCES:
+    for folder in folders:
         base = corpus_root / folder
         if base.is_dir():
             out += [(folder, p) for p in sorted(base.rglob("*")) if p.suffix.lower() in _SUFFIXES]
@@ -404,9 +405,13 @@ def data_card(c: CorpusArrays, seconds: float, failures: dict[str, int]) -> dict
 
 
 def build(
-    corpus_root: Path, midi: Path | None, limit: int | None = None, progress: bool = True
+    corpus_root: Path,
+    midi: Path | None,
+    limit: int | None = None,
+    progress: bool = True,
+    folders: Sequence[str] = tuple(SOURCES),
 ) -> tuple[CorpusArrays, dict[str, Any]]:
-    """Convert every piece (``limit``: at most this many files per source, for tests)."""
+    """Convert every piece (``limit``: at most this many files per source, and scores per file, for tests)."""
     import warnings
 
     from music21 import converter, environment, stream
@@ -417,7 +422,7 @@ def build(
     pieces: list[Piece] = []
     failures: Counter[str] = Counter()
     per_folder: Counter[str] = Counter()
-    files = music21_files(corpus_root)
+    files = music21_files(corpus_root, folders)
     for i, (folder, path) in enumerate(files):
         source, program, _ = SOURCES[folder]
         if limit is not None and per_folder[folder] >= limit:
@@ -477,6 +482,9 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-midi", action="store_true", help="only music21's corpus")
     p.add_argument("--limit", type=int, default=None, help="at most N files per source (quick runs, tests)")
     p.add_argument("--rebuild", action="store_true", help="convert again even if the cache exists")
+    p.add_argument(
+        "--sources", default=",".join(SOURCES), help="music21 corpus folders to read (comma-separated; default all)"
+    )
 
 
 def corpus_paths(folder: Path) -> tuple[Path, Path]:
@@ -493,7 +501,11 @@ def build_corpus_command(args: argparse.Namespace) -> int:
     midi = None if args.no_midi else args.midi
     if midi is not None and not midi.is_dir():
         raise DataError(f"MIDI folder {midi} does not exist; pass --midi DIR or --no-midi.")
-    arrays, info = build(music21_corpus_root(), midi, args.limit)
+    folders = [f.strip() for f in args.sources.split(",") if f.strip()]
+    unknown = sorted(set(folders) - set(SOURCES))
+    if unknown:
+        raise DataError(f"--sources names unknown music21 folders {unknown}; use some of {', '.join(SOURCES)}.")
+    arrays, info = build(music21_corpus_root(), midi, args.limit, folders=folders)
     args.out.mkdir(parents=True, exist_ok=True)
     arrays.save(npz)
     card.write_text(json.dumps(info, indent=1))

@@ -27,10 +27,9 @@ from torch.nn import functional as F
 
 from ..errors import DataError
 from ..music.ensemble_grid import LOW_PITCH, N_PITCH, ROLES, register_features
-from .ensemble_corpus import DEFAULT_DIR, CorpusArrays, bar_positions, corpus_paths
+from .ensemble_corpus import CorpusArrays, bar_positions, corpus_paths
 from .ensemble_model import EnsembleConfig, EnsembleNet, interaction
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "ensemble.onnx"
 #: sampling weight of a piece, by source (then × voices): balances chorales and polyphony against folk tunes
 SOURCE_WEIGHT = {
     "bach": 3.0,
@@ -44,27 +43,6 @@ SOURCE_WEIGHT = {
     "midi": 0.6,
 }
 MAX_BARS = 16
-
-
-def add_train_ensemble_args(p: argparse.ArgumentParser) -> None:
-    """Options of ``brainharmonic train ensemble``."""
-    p.add_argument("--corpus", type=Path, default=DEFAULT_DIR, help="folder written by `train ensemble-corpus`")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="ONNX step model to write")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (minutes)")
-    p.add_argument("--batch", type=int, default=16, help="windows per batch")
-    p.add_argument("--window", type=int, default=64, help="grid steps per window")
-    p.add_argument("--hidden", type=int, default=160)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--latent-dim", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--beta", type=float, default=0.2)
-    p.add_argument("--free-bits", type=float, default=0.25)
-    p.add_argument("--cond-drop", type=float, default=0.1)
-    p.add_argument("--val-every", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-progress", action="store_true")
 
 
 @dataclass
