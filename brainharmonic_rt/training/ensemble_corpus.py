@@ -345,8 +345,9 @@ class CorpusArrays:
         )
 
     def save(self, path: Path) -> None:
-        d = {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
-        np.savez_compressed(path, **d, names=np.asarray(self.names), sources=np.asarray(self.sources))
+        d: dict[str, Any] = {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        d |= {"names": np.asarray(self.names), "sources": np.asarray(self.sources)}
+        np.savez_compressed(path, **d)
 
     @classmethod
     def load(cls, path: Path) -> CorpusArrays:

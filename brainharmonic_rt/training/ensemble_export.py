@@ -115,9 +115,9 @@ def parity(net: EnsembleNet, path: Path | str, steps: int = 10, voices: int = 4,
     )  # fmt: skip
     cond = torch.cat([lat[0, :, None].expand(-1, t, -1), torch.ones(v, t, 1)], -1)
     ref, ref_dur = net.core(x, cond)
-    ref = ref.reshape(1, v, t, -1)
+    full = ref.reshape(1, v, t, -1)
     extra = interaction(net, ev, held, last, role, valid)
-    ref = torch.cat([ref[..., :1], ref[..., 1:] + extra], -1)[0].numpy()
+    expected = torch.cat([full[..., :1], full[..., 1:] + extra], -1)[0].numpy()
     state = np.zeros((net.cfg.n_layers, v, net.cfg.hidden), np.float32)
     worst = 0.0
     for k in range(t):
@@ -151,7 +151,7 @@ def parity(net: EnsembleNet, path: Path | str, steps: int = 10, voices: int = 4,
             own = LOW_PITCH + li - 1 if li > 0 else None
             row = logits[i].copy()
             row[1:] += pair_bias(pair, int(role[0, i]), np.asarray(known)) + motion_bias(motion, own, movers)
-            worst = max(worst, float(np.abs(row - ref[i, k]).max()))
+            worst = max(worst, float(np.abs(row - expected[i, k]).max()))
         worst = max(worst, float(np.abs(dur - ref_dur[:, k].numpy()).max()))
     if not worst <= PARITY_ATOL:
         raise ModelError(

@@ -135,7 +135,8 @@ class EnsembleNet(nn.Module):
     ) -> torch.Tensor:
         """Input embedding of every (stream, step): prev, held, pos (N, T); others (N, T, P); role, program,
         mode (N,); register (N, 2) → (N, T, H)."""
-        x = self.prev(prev) + self.held(held) + self.others(others) + self.others_pc(others @ self.chroma)
+        chroma: torch.Tensor = self.chroma  # type: ignore[assignment]
+        x = self.prev(prev) + self.held(held) + self.others(others) + self.others_pc(others @ chroma)
         x = x + self.pos(pos)
         static = self.role(role) + self.program(program) + self.mode(mode) + self.reg(register)
         return x + static[:, None]

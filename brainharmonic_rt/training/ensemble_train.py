@@ -340,7 +340,8 @@ def train_ensemble(args: argparse.Namespace) -> int:
     programs = sorted({int(p) for p in corpus.program})
     summary["parity_max_abs"] = export_ensemble(net, out, programs)
     summary["onnx_bytes"] = out.stat().st_size
-    np.savez(out.with_name(out.stem + "_latent.npz"), **latent_summary(net, corpus, args.window))
+    latent: dict[str, Any] = latent_summary(net, corpus, args.window)
+    np.savez(out.with_name(out.stem + "_latent.npz"), **latent)
     summary["hparams"] = hp
     summary["corpus"] = json.loads(card.read_text()) if card.is_file() else {}
     summary["roles"] = list(ROLES)
