@@ -48,13 +48,13 @@ MAX_VOICES = 6
 #: music21 corpus folders → (source name, default program, licence note of the encodings)
 SOURCES: dict[str, tuple[str, int, str]] = {
     "bach": ("bach", 52, "music21 corpus (BSD-licensed distribution; encodings by the music21 project / Humdrum)"),
-    "palestrina": ("palestrina", 52, "Humdrum/kern encodings shipped with music21 (CCARH; non-commercial terms)"),
+    "palestrina": ("palestrina", 52, "kern encodings (c) 2000 John Miller, in music21 by permission"),
     "monteverdi": ("monteverdi", 52, "MusicXML encodings shipped with music21 (permission of the encoders)"),
     "trecento": ("trecento", 52, "Cuthbert's Trecento encodings shipped with music21 (permission of the encoder)"),
     "beethoven": ("quartets", 40, "MusicXML encodings shipped with music21 (permission of the encoders)"),
     "haydn": ("quartets", 40, "MusicXML encodings shipped with music21 (permission of the encoders)"),
     "mozart": ("quartets", 40, "MusicXML encodings shipped with music21 (permission of the encoders)"),
-    "essenFolksong": ("essen", 52, "Essen Folksong Collection (ABC) shipped with music21; research use"),
+    "essenFolksong": ("essen", 52, "Essen Folksong Collection (EsAC) as ABC shipped with music21"),
     "ryansMammoth": ("ryans", 40, "Ryan's Mammoth Collection (1883, public domain) ABC shipped with music21"),
     "oneills1850": ("oneills", 40, "O'Neill's Music of Ireland (1903, public domain) ABC shipped with music21"),
 }
@@ -365,6 +365,13 @@ class CorpusArrays:
     def piece_lines(self, k: int) -> np.ndarray:
         return np.flatnonzero(self.line_piece == k)
 
+    def line_notes(self, line: int) -> slice:
+        """The notes of one line (notes are stored line by line, in line order)."""
+        if not hasattr(self, "_line_start"):
+            counts = np.bincount(self.note_line, minlength=self.line_piece.size)
+            self._line_start = np.r_[0, np.cumsum(counts)]
+        return slice(int(self._line_start[line]), int(self._line_start[line + 1]))
+
     def piece_downbeats(self, k: int) -> np.ndarray:
         return self.downbeats[self.db_start[k] : self.db_start[k + 1]]
 
@@ -518,11 +525,11 @@ def build_corpus_command(args: argparse.Namespace) -> int:
 def piece_notes(c: CorpusArrays, k: int) -> PieceNotes:
     """Piece ``k`` as :class:`~brainharmonic_rt.music.evaluate.PieceNotes` in beats, one track per line."""
     lines = c.piece_lines(k)
-    sel = np.isin(c.note_line, lines)
+    sel = np.r_[tuple(c.line_notes(int(li)) for li in lines)] if lines.size else np.zeros(0, np.int64)
     return PieceNotes.build(
         c.onset[sel] / STEPS_PER_BEAT,
         c.dur[sel] / STEPS_PER_BEAT,
         c.pitch[sel].astype(np.int64),
-        np.zeros(int(sel.sum()), bool),
+        np.zeros(sel.size, bool),
         c.note_line[sel].astype(np.int64),
     )

@@ -68,7 +68,7 @@ def grid_of(c: CorpusArrays, k: int) -> PieceGrid:
     n = int(c.n_steps[k]) + 1
     rows = []
     for li in lines:
-        sel = c.note_line == li
+        sel = c.line_notes(int(li))
         rows.append((c.onset[sel].astype(np.int64), c.dur[sel].astype(np.int64), c.pitch[sel].astype(np.int64), li))
     rows.sort(key=lambda r: float(r[2].mean()))
     v = len(rows)
