@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..events import BrainState, Note
+from ..music.voice_leading import guard_telemetry
 from .handler import CUT_MARGIN, PipelineHandler
 from .messages import BrainTelemetry, HealthTelemetry, MusicTelemetry
 from .mqtt import SYNC_KIND, ControlPlane, MessageCallback, Topics
@@ -211,4 +212,5 @@ class LiveControl:
             scheduler={k: v for k, v in sched.items() if isinstance(v, int | float | bool)},
             control={k: v for k, v in plane.items() if isinstance(v, int | float | bool | str) or v is None},
             sync={} if self.sync is None else self.sync.stats(),
+            guard=guard_telemetry(snap.get("composer", {})),
         )

@@ -420,6 +420,11 @@ class HealthTelemetry(Payload):
     sync: dict[str, float | int | str | None] = Field(
         default_factory=dict, description="Multi-performer sync: role, reference, phase error (ms), snaps."
     )
+    guard: dict[str, float | int | bool] = Field(
+        default_factory=dict,
+        description="What the harmony arbiter did: 'arbiter' (on/off), sampled pitches 'checked', 'veto_rate' "
+        "(share refused), 'veto_<reason>' shares (cap, clash, register, scale, chord), notes 'dropped'.",
+    )
     ts: float = Field(default_factory=_now)
 
 

@@ -161,3 +161,18 @@ def guard_summary(notes: PieceNotes, composer_stats: Mapping[str, Any]) -> list[
         f"voice leading: {vl.parallel_per_100:.2f} parallel fifths/octaves per 100 two-voice motions, "
         f"{100 * vl.crossing_share:.1f} % of onsets crossed, {100 * vl.leap_share:.2f} % of moves leap over an octave",
     ]
+
+
+def guard_telemetry(composer_stats: Mapping[str, Any]) -> dict[str, float | int | bool]:
+    """A composer's :meth:`stats` flattened for ``telemetry/health`` (``guard``)."""
+    if not composer_stats:
+        return {}
+    v = merge_veto_stats([composer_stats])
+    out: dict[str, float | int | bool] = {
+        "arbiter": bool(composer_stats.get("arbiter", True)),
+        "checked": int(v["checked"]),
+        "veto_rate": float(v["rate"]),
+        "dropped": int(v["dropped"]),
+    }
+    out |= {f"veto_{k}": float(x) for k, x in v["by_reason"].items()}
+    return out
