@@ -326,6 +326,15 @@ def latent_summary(net: EnsembleNet, corpus: CorpusArrays, window: int, n_batche
     return {"mean": sp.mean, "axes": sp.axes, "std": sp.std}
 
 
+def programs_seen(corpus: CorpusArrays, min_lines: int = 20) -> list[int]:
+    """Programs of at least ``min_lines`` training lines, most lines first: the runtime conditions other
+    programs as one of these (an embedding seen on a handful of lines is untrained and derails decoding)."""
+    train = np.isin(corpus.line_piece, corpus.pieces_in("train"))
+    counts = np.bincount(corpus.program[train].astype(np.int64), minlength=129)
+    order = [int(p) for p in np.argsort(-counts, kind="stable") if counts[p] > 0]
+    return [p for p in order if counts[p] >= min_lines] or order[:1]
+
+
 def train_ensemble(args: argparse.Namespace) -> int:
     """``brainharmonic train ensemble``: train, export + parity, write the latent summary and the curves."""
     from .ensemble_export import export_ensemble
@@ -337,7 +346,7 @@ def train_ensemble(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     hp = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "no_progress"}
     torch.save({"config": net.cfg.to_dict(), "state": net.state_dict(), "hparams": hp}, out.with_suffix(".pt"))
-    programs = sorted({int(p) for p in corpus.program})
+    programs = programs_seen(corpus)
     summary["parity_max_abs"] = export_ensemble(net, out, programs)
     summary["onnx_bytes"] = out.stat().st_size
     latent: dict[str, Any] = latent_summary(net, corpus, args.window)
