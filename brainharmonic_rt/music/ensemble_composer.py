@@ -55,7 +55,6 @@ from .scales import pitch_classes
 from .steering import BrainSteering
 from .tokens import BEATS_PER_BAR
 
-DEFAULT_MAP = Path(__file__).resolve().parents[2] / "models" / "ensemble_map.npz"
 STEPS_PER_BAR = BEATS_PER_BAR * STEPS_PER_BEAT
 #: order in which voices choose within a step (then by register, low first): bass, inner, texture, melody
 _ORDER = {"bass": 0, "inner": 1, "texture": 1, "melody": 2}
@@ -100,7 +99,8 @@ class EnsembleLearnedComposer(BrainSteering, EnsembleComposer[_EVoice]):
         self._gen = gen
         self.model = model or EnsembleModel(gen.model, threads=gen.threads, device=gen.device)
         path = Path(gen.latent_map) if gen.latent_map else None
-        self._init_steering(latent_map, path, DEFAULT_MAP, self.model.latent_dim, centres)
+        beside = self.model.onnx.path.with_name(self.model.onnx.path.stem + "_map.npz")  # the model's own map
+        self._init_steering(latent_map, path, beside, self.model.latent_dim, centres)
         self.temperature = gen.temperature
         self.top_p = gen.top_p
         seed = music.seed & 0xFFFF_FFFF_FFFF_FFFF
