@@ -55,6 +55,18 @@ class Engine:
         self.chain = SignalChain(info, settings.signal)
         self.brain: Any
         if settings.music.mode == "learned":
+            from .music.ensemble_composer import missing_learned_models
+
+            missing = missing_learned_models(settings.encoder.model, settings.generator.model)
+            if missing:
+                log.warning(
+                    "Learned mode needs %s, which is missing; playing classic mode instead "
+                    "(restore models/ or pass --mode classic).",
+                    ", ".join(str(m) for m in missing),
+                )
+                settings = settings.model_copy(update={"music": settings.music.model_copy(update={"mode": "classic"})})
+                self.settings = settings
+        if settings.music.mode == "learned":
             # The learned encoder adds a latent vector and a brain token to every brain state.
             from .brain.encoder import LearnedBrain
 

@@ -235,3 +235,20 @@ def test_learned_mode_picks_the_composer_by_model_kind(model_path: Path) -> None
     generator = Path(__file__).resolve().parents[1] / "models" / "generator.onnx"
     other = learned_composer(inst, MusicSettings(), GeneratorSettings(model=generator), HarmonySettings())
     assert isinstance(other, LearnedComposer)
+
+
+def test_learned_mode_falls_back_to_classic_without_its_models(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from brainharmonic_rt.brain import encoder
+    from brainharmonic_rt.config import load_settings
+    from brainharmonic_rt.events import SignalInfo
+    from brainharmonic_rt.music.classic import ClassicComposer
+    from brainharmonic_rt.pipeline import Engine
+
+    monkeypatch.setattr(encoder, "DEFAULT_MODEL", tmp_path / "encoder.onnx")
+    info = SignalInfo("x", 250.0, ("Fz", "Cz", "Pz", "O1"), "EEG", "x")
+    with caplog.at_level("WARNING", logger="brainharmonic"):
+        engine = Engine(info, load_settings(None, music={"mode": "learned"}))
+    assert isinstance(engine.composer, ClassicComposer) and engine.mode == "classic"
+    assert "playing classic mode instead" in caplog.text and "encoder.onnx" in caplog.text

@@ -387,3 +387,20 @@ def learned_composer(
         gen = generator.model_copy(update={"model": path})
         return EnsembleLearnedComposer(instruments, music, gen, harmony, centres=centres)
     return LearnedComposer(instruments, music, generator, harmony, centres=centres)
+
+
+def missing_learned_models(encoder_model: Path | None, generator_model: Path | None) -> list[Path]:
+    """The shipped model files learned mode would open that are not there (empty: it can play).
+
+    Only defaults count: a model path the user named and that is missing is an error where it is opened.
+    """
+    from ..brain.encoder import DEFAULT_MODEL as ENCODER
+    from .ensemble_model import DEFAULT_MODEL as ENSEMBLE
+    from .generator import DEFAULT_MODEL as GENERATOR
+
+    missing = []
+    if encoder_model is None and not ENCODER.is_file():
+        missing.append(ENCODER)
+    if generator_model is None and not (ENSEMBLE.is_file() or GENERATOR.is_file()):
+        missing.append(ENSEMBLE)
+    return missing
