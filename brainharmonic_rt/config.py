@@ -323,6 +323,11 @@ class HarmonySettings(_Section):
     strong_beat_chord_tones: bool = Field(
         True, description="Pitched onsets on beats 1 and 3 use chord tones only (scale tones elsewhere)."
     )
+    arbiter: bool = Field(
+        True,
+        description="The harmony arbiter guards every note (scale, chord tones, clash rule, the plan's register "
+        "lean and density); false keeps only the polyphony cap and the registers, so a learned model is heard alone.",
+    )
 
     @model_validator(mode="after")
     def _bands_known(self) -> HarmonySettings:
@@ -454,10 +459,14 @@ class GeneratorSettings(_Section):
     """The learned note generator used in ``learned`` mode (see ``brainharmonic_rt.music.learned``)."""
 
     model: Path | None = Field(
-        None, description="ONNX generator step model; none = models/generator.onnx shipped with the project."
+        None,
+        description="ONNX model of learned mode, chosen by its kind: an ensemble model (voices that hear each "
+        "other) or a per-instrument note generator; none = models/ensemble.onnx, else models/generator.onnx.",
     )
     latent_map: Path | None = Field(
-        None, description="Brain → music latent map (.npz); none = models/latent_map.npz shipped with the project."
+        None,
+        description="Brain → music latent map (.npz); none = the map shipped for the model "
+        "(models/ensemble_map.npz or models/latent_map.npz).",
     )
     temperature: Annotated[float, Field(ge=0, le=5)] = Field(
         1.0, description="Sampling temperature (0 = always the most likely token)."

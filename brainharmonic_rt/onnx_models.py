@@ -68,6 +68,21 @@ class OnnxModel:
         return list(self.session.run(None, dict(feeds)))
 
 
+def model_kind(path: str | Path) -> str | None:
+    """The ``brainharmonic.kind`` metadata of an ONNX file (None: missing, unreadable or not ours), so a
+    caller can choose how to open it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception:
+        return None
+    return dict(session.get_modelmeta().custom_metadata_map).get(KIND_KEY)
+
+
 def open_model(
     path: str | Path,
     *,

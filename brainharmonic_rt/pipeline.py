@@ -72,6 +72,18 @@ class Engine:
         self.chain = SignalChain(info, settings.signal, settings.quality, settings.artifacts)
         self.brain: ClassicBrain | LearnedBrain
         if settings.music.mode == "learned":
+            from .music.ensemble_composer import missing_learned_models
+
+            missing = missing_learned_models(settings.encoder.model, settings.generator.model)
+            if missing:
+                log.warning(
+                    "Learned mode needs %s, which is missing; playing classic mode instead "
+                    "(restore models/ or pass --mode classic).",
+                    ", ".join(str(m) for m in missing),
+                )
+                settings = settings.model_copy(update={"music": settings.music.model_copy(update={"mode": "classic"})})
+                self.settings = settings
+        if settings.music.mode == "learned":
             # The learned encoder (EEG, or fMRI for fMRI sources) adds a latent vector and a brain token.
             from .brain.learned_brain import learned_brain
 
@@ -85,9 +97,9 @@ class Engine:
         self.composer: Composer[Any]
         if settings.music.mode == "learned":
             # The generator composes; the brain latent steers it through the brain → music latent map.
-            from .music.learned import LearnedComposer
+            from .music.ensemble_composer import learned_composer
 
-            self.composer = LearnedComposer(
+            self.composer = learned_composer(
                 self.instruments, settings.music, self._generator_settings(), settings.harmony, centres=self.centres
             )
         else:
@@ -213,9 +225,9 @@ class Engine:
         instruments = dict(self.composer.instruments)
         new: Composer[Any]
         if mode == "learned":
-            from .music.learned import LearnedComposer
+            from .music.ensemble_composer import learned_composer
 
-            new = LearnedComposer(
+            new = learned_composer(
                 instruments, music, self._generator_settings(), self.settings.harmony, centres=self.centres
             )
         else:
@@ -306,6 +318,7 @@ class RenderResult:
     seconds: float
     bars: list[BarPlan] = field(default_factory=list)  #: the harmonic plan, bar by bar
     arbiter_costs: list[float] = field(default_factory=list)  #: seconds of arbiter work per bar
+    composer_stats: dict[str, Any] = field(default_factory=dict)  #: what the guard did (Composer.stats)
 
 
 def _open_sinks(sinks: Sequence[Sink], engine: Engine, stack: contextlib.ExitStack | None = None) -> None:
@@ -356,7 +369,8 @@ async def render(
         )
     bars = list(engine.composer.plan.history)
     costs = list(engine.composer.arbiter.bar_costs)
-    return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs)
+    stats = engine.composer.stats()
+    return RenderResult(notes_all, states, engine.instruments, source.info, last_t, bars, costs, stats)
 
 
 class _Stopped(Exception):
@@ -582,6 +596,7 @@ class LivePipeline:
             detector = self.engine.chain.inspector.artifacts if self.engine.chain.inspector is not None else None
             if detector is not None:
                 out["artifacts"] = dict(detector.counts)
+            out["composer"] = self.engine.composer.stats()
         return out
 
     # ------------------------------------------------------------------ MIDI clock in

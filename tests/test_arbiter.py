@@ -256,3 +256,27 @@ def test_composers_hand_over_mid_session_on_one_grid_without_clashes() -> None:
         assert abs(step - round(step)) < 1e-6, n
     clashes, peak = _clashes_and_peak(notes)
     assert clashes == 0 and peak <= music.max_polyphony
+
+
+def test_veto_counts_refusals_by_reason() -> None:
+    from brainharmonic_rt.music.voice_leading import guard_telemetry
+
+    music = MusicSettings(key="C", scale="major")
+    plan = HarmonicPlan(music)
+    arb = Arbiter(_ensemble(2, 48, 72), 2)
+    pitches = np.arange(21, 109)
+    arb.set_vocab(pitches.size + 1, np.arange(1, pitches.size + 1), pitches)
+    arb.set_bar(_bar(plan))
+    assert arb.veto(0, 0.25, False, 62) is None  # D: in scale and register
+    assert arb.veto(0, 0.25, False, 61) is not None  # C#: not in C major
+    assert arb.veto(0, 0.25, False, 80) is not None  # above the register
+    assert arb.admit(1, 0.25, 1.0, 64) is not None  # E sounds in the other voice
+    assert arb.veto(0, 0.5, False, 65) is not None  # F against E: a minor second
+    assert arb.admit(0, 0.5, 1.0, 60) is not None  # two notes sound: the cap (2) is full
+    assert arb.veto(1, 0.75, False, 67) is not None
+    stats = arb.veto_stats()
+    assert stats["checked"] == 5 and stats["refused"] == 4 and stats["rate"] == pytest.approx(0.8)
+    assert stats["by_reason"] == {"scale": 1, "register": 1, "clash": 1, "cap": 1}
+    flat = guard_telemetry({"arbiter": True, "veto": stats, "dropped": arb.dropped})
+    assert flat["veto_rate"] == pytest.approx(0.8) and flat["veto_clash"] == pytest.approx(0.2)
+    assert guard_telemetry({}) == {}

@@ -27,6 +27,16 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     )
     q.set_defaults(func=cmd_train_generator, rest=[])
     q = train.add_parser(
+        "ensemble-corpus", help="Convert music21's corpus + a MIDI folder into the ensemble model's corpus (once)."
+    )
+    add_lazy(q, "brainharmonic_rt.training.ensemble_corpus", "add_corpus_args", lazy)
+    q.set_defaults(func=cmd_train_ensemble_corpus)
+    q = train.add_parser(
+        "ensemble", help="Ensemble model (voices that hear each other) on the ensemble corpus → ONNX + curves."
+    )
+    add_lazy(q, "brainharmonic_rt.training.ensemble_args", "add_train_ensemble_args", lazy)
+    q.set_defaults(func=cmd_train_ensemble)
+    q = train.add_parser(
         "latent-map", help="Fit the brain → music latent map (session-centred, variance-rank alignment)."
     )
     add_lazy(q, "brainharmonic_rt.training.latent_map_fit", "add_fit_latent_map_args", lazy)
@@ -109,6 +119,18 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     parser = argparse.ArgumentParser(prog="brainharmonic train generator")
     add_train_generator_args(parser)
     return train_generator(parser.parse_args(args.rest))
+
+
+def cmd_train_ensemble_corpus(args: argparse.Namespace) -> int:
+    from ..training.ensemble_corpus import build_corpus_command
+
+    return build_corpus_command(args)
+
+
+def cmd_train_ensemble(args: argparse.Namespace) -> int:
+    from ..training.ensemble_train import train_ensemble
+
+    return train_ensemble(args)
 
 
 def cmd_fit_latent_map(args: argparse.Namespace) -> int:

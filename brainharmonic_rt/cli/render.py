@@ -127,6 +127,12 @@ def _summary(result: Any, markers: Sequence[tuple[float, str]]) -> str:
                 f"  [{label}] {len(seg) / span:5.2f} notes/s, mean velocity {np.mean([n.velocity for n in seg]):5.1f}, "
                 f"mean pitch {np.mean([n.pitch for n in seg]):5.1f}{plan}"
             )
+    stats = getattr(result, "composer_stats", None)
+    if stats and result.notes:
+        from ..evaluation.music_metrics import from_notes
+        from ..music.voice_leading import guard_summary
+
+        lines += ["  " + line for line in guard_summary(from_notes(result.notes, 60.0), stats)]
     return "\n".join(lines)
 
 

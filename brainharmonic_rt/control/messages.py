@@ -432,6 +432,11 @@ class HealthTelemetry(Payload):
     )
     artifacts: dict[str, int] = Field(default_factory=dict, description="Blinks and clenches detected so far.")
     notices: list[str] = Field(default_factory=list, description="One-line remarks about the input (e.g. labels).")
+    guard: dict[str, float | int | bool] = Field(
+        default_factory=dict,
+        description="What the harmony arbiter did: 'arbiter' (on/off), sampled pitches 'checked', 'veto_rate' "
+        "(share refused), 'veto_<reason>' shares (cap, clash, register, scale, chord), notes 'dropped'.",
+    )
     ts: float = Field(default_factory=_now)
 
 

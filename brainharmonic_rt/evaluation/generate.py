@@ -10,6 +10,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,8 @@ from ..events import Note
 from ..music.constants import DRUM_CHANNEL
 from ..music.generator import DEFAULT_MODEL, GeneratorModel, Voice
 from ..music.tokens import BEATS_PER_BAR, DRUM_PROGRAM
-from .music_metrics import evaluate, evaluate_file, from_notes, summarize
+from ..music.voice_leading import EMPTY, voice_leading
+from .music_metrics import evaluate, evaluate_file, from_notes, read_midi, summarize
 
 MAX_NOTE_BEATS = 8.0
 
@@ -212,7 +214,7 @@ def eval_music(args: argparse.Namespace) -> int:
         f"{'file':40s} {'notes':>6s} {'pc_ent':>7s} {'scale':>7s} {'groove':>7s} {'empty':>7s} {'maxdur':>7s} "
         f"{'dissn':>7s} {'poly':>5s} {'instr':>5s}"
     )
-    per_file = {}
+    per_file: dict[str, dict[str, Any]] = {}
     for f in args.files:
         m = evaluate_file(f)
         rows.append(m)
@@ -228,6 +230,17 @@ def eval_music(args: argparse.Namespace) -> int:
         if k in summary:
             s = summary[k]
             print(f"{k:22s} mean {s['mean']:.3f}  p10 {s['p10']:.3f}  p50 {s['p50']:.3f}  p90 {s['p90']:.3f}")
+    vl = EMPTY
+    for f in args.files:
+        one = voice_leading(read_midi(f))
+        per_file[str(f)]["voice_leading"] = one.as_dict()
+        vl = vl + one
+    print(
+        f"voice leading (tracks' top lines, all files): {vl.parallel_per_100:.2f} parallel fifths/octaves per 100 "
+        f"two-voice motions ({vl.motions}), crossing {100 * vl.crossing_share:.2f} % of onsets, "
+        f"leaps over an octave {100 * vl.leap_share:.2f} % of moves"
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({"files": per_file, "summary": summary}, indent=1))
+        out = {"files": per_file, "summary": summary, "voice_leading": vl.as_dict()}
+        args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -196,6 +196,7 @@ class SessionRender:
     brain: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     bands: tuple[str, ...] = ()
     label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    composer_stats: dict[str, Any] = field(default_factory=dict)  #: what the guard did (vetoes, drops)
 
 
 def render_session(files: SessionFiles, settings: Settings, seconds: float | None = None) -> SessionRender:
@@ -227,6 +228,7 @@ def render_session(files: SessionFiles, settings: Settings, seconds: float | Non
         arbiter_costs=np.asarray(result.arbiter_costs, float),
         metrics=evaluate(from_notes(result.notes, m.tempo)),
         max_polyphony_cap=m.max_polyphony,
+        composer_stats=dict(result.composer_stats),
     )
     sig = settings.signal
     out.features = bar_features(out.notes, bars)

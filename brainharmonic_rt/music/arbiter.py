@@ -107,6 +107,8 @@ class Arbiter:
         self._all_pitches_forbidden = np.zeros(0, np.float32)
         self._serial = 0
         self.dropped = 0  #: notes refused (cap, clash, nothing allowed)
+        self.checked = 0  #: sampled pitches put to :meth:`veto`
+        self.refused: collections.Counter[str] = collections.Counter()  #: vetoes by reason
         self.shortened = 0  #: notes cut short so a later note would not clash or overflow the cap
 
     # -- plan and instruments ----------------------------------------------------------------------
@@ -336,16 +338,33 @@ class Arbiter:
             bar = self._bar(t)
             mask, full = self._situation(voice, t)
             strong = strong and self.strong_chord
-            if not full and not (mask >> (pitch % 12)) & 1:
-                if bar is None:
-                    inst = self._inst[voice]
-                    if inst.low <= pitch <= inst.high:
-                        return None
-                elif 0 <= pitch < 128 and (bar.chord_table if strong else bar.scale_table)[voice][pitch]:
-                    return None
+            self.checked += 1
+            inst = self._inst[voice]
+            if full:
+                reason = "cap"
+            elif (mask >> (pitch % 12)) & 1:
+                reason = "clash"
+            elif not inst.low <= pitch <= inst.high:
+                reason = "register"
+            elif bar is None or (0 <= pitch < 128 and (bar.chord_table if strong else bar.scale_table)[voice][pitch]):
+                return None
+            else:
+                reason = "chord" if strong else "scale"
+            self.refused[reason] += 1
             return self._pitch_bias(voice, bar, strong, mask, full)
         finally:
             self._cost += time.perf_counter() - t0
+
+    def veto_stats(self) -> dict[str, float | int | dict[str, int]]:
+        """Sampled pitches checked, refused, the refused share and the refusals by reason (cap, clash,
+        register, scale, chord): what the guard had to change of what a generator proposed."""
+        refused = sum(self.refused.values())
+        return {
+            "checked": self.checked,
+            "refused": refused,
+            "rate": refused / self.checked if self.checked else 0.0,
+            "by_reason": dict(self.refused),
+        }
 
     def _pitch_bias(self, voice: int, bar: _Bar | None, strong: bool, mask: int, full: bool) -> np.ndarray:
         if self._vocab is None:

@@ -82,7 +82,12 @@ class Composer(ABC, Generic[V]):
         # A live tempo change keeps the beat phase (see Timeline).
         self._timeline = Timeline(music.tempo)
         self.plan = HarmonicPlan(music, harmony)
-        self.arbiter = Arbiter(instruments, music.max_polyphony, harmony)
+        h = harmony or HarmonySettings()
+        #: False: only the polyphony cap and the registers guard the notes (``[harmony] arbiter``)
+        self.guarded = h.arbiter
+        if not h.arbiter:
+            h = h.model_copy(update={"avoid_intervals": [], "strong_beat_chord_tones": False})
+        self.arbiter = Arbiter(instruments, music.max_polyphony, h)
         self._solo: str | None = None
         self._presence = {name: Presence() for name in instruments}
         self._temperature: float | None = None
@@ -202,6 +207,16 @@ class Composer(ABC, Generic[V]):
     def dropped(self) -> int:
         """Notes the arbiter refused so far (cap, clash)."""
         return self.arbiter.dropped
+
+    def stats(self) -> dict[str, Any]:
+        """What the guard did (telemetry, ``eval``, the demo summary): the arbiter's vetoes of sampled
+        pitches (share and reasons) and the notes it dropped or shortened."""
+        return {
+            "arbiter": self.guarded,
+            "veto": self.arbiter.veto_stats(),
+            "dropped": self.arbiter.dropped,
+            "shortened": self.arbiter.shortened,
+        }
 
     @property
     def tempo(self) -> float:

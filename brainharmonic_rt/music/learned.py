@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres, Space, bandpower_features
+from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ModelError
 from ..events import BrainState, Note
@@ -44,6 +44,7 @@ from .composer import SILENT_BELOW, Composer
 from .constants import FORBID, HAT, KICK, SNARE
 from .generator import GeneratorModel, Voice, VoiceState, step_voices
 from .scales import pitch_classes
+from .steering import BrainSteering
 from .tokens import BEATS_PER_BAR, DRUM_PROGRAM, Vocab
 
 MAX_NOTE_BEATS = 8.0
@@ -132,7 +133,7 @@ class _SpanStart:
     voices: list[_VoiceSnapshot]
 
 
-class LearnedComposer(Composer[_LVoice]):
+class LearnedComposer(BrainSteering, Composer[_LVoice]):
     """Brain states → notes from the generator, one voice per instrument (same contract as ClassicComposer).
 
     Parameters
@@ -161,19 +162,9 @@ class LearnedComposer(Composer[_LVoice]):
         self._music = music
         self._gen = gen
         self.model = model or GeneratorModel(gen.model, threads=gen.threads, device=gen.device)
-        if latent_map is None:
-            path = Path(gen.latent_map) if gen.latent_map else DEFAULT_MAP
-            latent_map = LatentMap.load(path) if (gen.latent_map or path.is_file()) else None
-        self.latent_map = latent_map
-        if latent_map is not None and latent_map.music_dim != self.model.latent_dim:
-            raise ModelError(
-                f"The latent map gives {latent_map.music_dim} values but the generator expects "
-                f"{self.model.latent_dim}; fit the map again for this generator."
-            )
-        self._band_map: LatentMap | None = None
-        #: the session's latent centres; the engine passes its own and feeds them with every state in any mode,
-        #: else (a composer on its own) :meth:`compose` feeds them
-        self.centres = centres if centres is not None else SessionCentres()
+        path = Path(gen.latent_map) if gen.latent_map else None
+        self._init_steering(latent_map, path, DEFAULT_MAP, self.model.latent_dim, centres)
+        #: the engine passes its centres and feeds them with every state in any mode, else compose feeds them
         self._feeds_centres = centres is None
         vocab = self.model.vocab
         pitch_ids = vocab.ids_of("pitch")
@@ -201,7 +192,7 @@ class LearnedComposer(Composer[_LVoice]):
         self._snapshots: collections.deque[_SpanStart] = collections.deque(maxlen=KEPT_SNAPSHOTS)
 
     def _set_biases(self) -> None:
-        pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock else None
+        pcs = pitch_classes(self._key, self._scale) if self._gen.scale_lock and self.guarded else None
         for v in self._voices:
             v.fixed_bias = instrument_bias(self.model.vocab, v.inst, pcs, self._drums)
             v.voice.base_bias = v.fixed_bias
@@ -266,34 +257,6 @@ class LearnedComposer(Composer[_LVoice]):
             v.voice.temperature = float(temperature)
         return True
 
-    # -- brain side ------------------------------------------------------------------------------
-
-    def music_latent(self, state: BrainState, name: str) -> np.ndarray | None:
-        """Music latent (latent_dim,) for one instrument from a brain state, or None (calibrating)."""
-        group = next((g for g in state.groups if g.name == name), None)
-        own = group.latent if group is not None else None
-        vec = own if own is not None else state.latent
-        lmap = self.latent_map
-        if vec is not None and lmap is not None and vec.shape[-1] == lmap.brain_dim:
-            if lmap.centred:  # each latent source (group or global) has its own centre, fed in compose
-                vec = self.centres(name if own is not None else "", vec)
-            if state.calibrating or not np.all(np.isfinite(vec)):
-                return None
-            return lmap(vec)
-        if state.calibrating:
-            return None
-        feats = bandpower_features(group if group is not None else state)
-        return self._bands(feats.shape[0])(feats)
-
-    def _bands(self, k: int) -> LatentMap:
-        """Band z-scores are already standardised: identity brain space onto the music axes."""
-        if self._band_map is None or self._band_map.brain_dim != k:
-            d = self.model.latent_dim
-            music = self.latent_map.music if self.latent_map is not None else Space(np.zeros(d), np.eye(d), np.ones(d))
-            brain = Space(np.zeros(k), np.eye(k), np.ones(k))
-            self._band_map = LatentMap(brain, music, "whiten")
-        return self._band_map
-
     # -- music side ------------------------------------------------------------------------------
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
@@ -336,8 +299,8 @@ class LearnedComposer(Composer[_LVoice]):
 
     def _veto(self, v: _LVoice) -> Callable[[int], np.ndarray | None] | None:
         """The arbiter's say on a sampled pitch: None (allowed) or its full mask to sample again with."""
-        if v.inst.role == "percussion":
-            return None
+        if v.inst.role == "percussion" or not self.guarded:
+            return None  # arbiter off: only the registers (fixed bias) and the cap (admission) remain
 
         def check(token: int) -> np.ndarray | None:
             if not self._is_pitch[token]:
@@ -353,7 +316,7 @@ class LearnedComposer(Composer[_LVoice]):
 
     def _lean(self, v: _LVoice) -> None:
         """At each of its bars, a voice takes the plan's register lean into its fixed bias."""
-        if v.inst.role == "percussion":
+        if v.inst.role == "percussion" or not self.guarded:
             return
         lean = self.arbiter.lean_bias(v.index, self._time(v.offset + v.voice.decoder.beat))
         v.voice.base_bias = v.fixed_bias if lean is None or v.fixed_bias is None else v.fixed_bias + lean
@@ -408,7 +371,13 @@ class LearnedComposer(Composer[_LVoice]):
             pitch, dur = drum_sound(pitch), min(dur, 0.25 * spb)
         plan = self.arbiter.plan_at(t)
         on_beat = abs(beat - round(beat)) < 1e-9
-        if plan is not None and plan.density < 1.0 and not on_beat and v.thin_rng.random() > plan.density:
+        if (
+            self.guarded
+            and plan is not None
+            and plan.density < 1.0
+            and not on_beat
+            and v.thin_rng.random() > plan.density
+        ):
             return None  # a calmer plan plays sparser: off-beat notes are thinned
         got = self.arbiter.admit(v.index, t, dur, pitch, drum=drum, min_duration=0.25 * spb / self.steps_per_beat)
         if got is None:
