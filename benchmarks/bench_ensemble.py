@@ -39,7 +39,8 @@ from brainharmonic_rt.evaluation.likeness import likeness
 from brainharmonic_rt.evaluation.music_metrics import from_notes, simultaneity
 from brainharmonic_rt.evaluation.responsiveness import Move, format_moves, render_session, summarize_mode
 from brainharmonic_rt.evaluation.sessions import discover_sessions
-from brainharmonic_rt.music.voice_leading import EMPTY, merge_veto_stats, voice_leading
+from brainharmonic_rt.evaluation.voice_leading import EMPTY, voice_leading
+from brainharmonic_rt.music.arbiter import merge_veto_stats
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,8 +159,7 @@ def corpus_reference(folder: Path | None) -> tuple[list[Any], dict[str, Any]]:
     """Held-out (test split) corpus pieces and their rates, per source and pooled."""
     if folder is None:
         return [], {}
-    from brainharmonic_rt.music.evaluate import scale_consistency
-
+    from brainharmonic_rt.evaluation.music_metrics import scale_consistency
     from brainharmonic_rt.training.ensemble_corpus import CorpusArrays, corpus_paths, piece_notes
 
     c = CorpusArrays.load(corpus_paths(folder)[0])

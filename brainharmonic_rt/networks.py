@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from errors import ConfigError
+from .errors import ConfigError
 
 TABLE = Path(__file__).with_name("hcp_mmp_networks.tsv")
 HCP_MMP_REGIONS = 379

@@ -204,11 +204,18 @@ class Engine:
                 self.scheduler.schedule_messages(msgs)
 
     def _generator_settings(self) -> Any:
-        """[generator] settings, with the brain's own latent map when its latents need one (fMRI)."""
+        """[generator] settings, with the brain's own latent map when its latents need one (fMRI).
+
+        The fMRI encoder's map was fitted to the per-instrument generator's music space
+        (``models/generator_latent.npz``), so, unless a model is named, fMRI plays that generator.
+        """
         own = getattr(self.brain, "latent_map", None)
-        if own is None or self.settings.generator.latent_map is not None:
-            return self.settings.generator
-        return self.settings.generator.model_copy(update={"latent_map": own})
+        gen = self.settings.generator
+        if own is None or gen.latent_map is not None:
+            return gen
+        from .music.generator import DEFAULT_MODEL
+
+        return gen.model_copy(update={"latent_map": own, "model": gen.model or DEFAULT_MODEL})
 
     def set_mode(self, mode: str) -> dict[str, Any]:
         """Switch composers live (an MQTT ``set_mode``): the new one takes over the beat grid, the plan,

@@ -259,7 +259,7 @@ def test_composers_hand_over_mid_session_on_one_grid_without_clashes() -> None:
 
 
 def test_veto_counts_refusals_by_reason() -> None:
-    from brainharmonic_rt.music.voice_leading import guard_telemetry
+    from brainharmonic_rt.music.arbiter import guard_telemetry
 
     music = MusicSettings(key="C", scale="major")
     plan = HarmonicPlan(music)

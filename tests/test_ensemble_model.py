@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from brainharmonic_rt.music.evaluate import dissonant_share, from_notes
 
 from brainharmonic_rt.config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from brainharmonic_rt.errors import ConfigError, DataError
+from brainharmonic_rt.evaluation.music_metrics import dissonant_share, from_notes
+from brainharmonic_rt.evaluation.voice_leading import guard_summary
 from brainharmonic_rt.events import BrainState, GroupState
 from brainharmonic_rt.music.ensemble_grid import (
     LOW_PITCH,
@@ -21,7 +22,6 @@ from brainharmonic_rt.music.ensemble_grid import (
     motion_bias,
     pair_bias,
 )
-from brainharmonic_rt.music.voice_leading import guard_summary
 
 from .test_tokens import write_piece
 

@@ -62,7 +62,7 @@ def test_engine_learned_mode_plays_fmri_with_latents_tokens_and_its_map(model: F
         async with source:
             async for chunk in source.chunks():
                 for window in engine.windows(chunk):
-                    state, new = engine.compose(window)
+                    state, new = engine.step(window)
                     states.append(state)
                     notes += new
         return states, notes

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from brainharmonic_rt.music.evaluate import PieceNotes
 
 from brainharmonic_rt.evaluation.likeness import features, likeness, overlap, segments
-from brainharmonic_rt.music.voice_leading import top_lines, voice_leading
+from brainharmonic_rt.evaluation.music_metrics import PieceNotes
+from brainharmonic_rt.evaluation.voice_leading import top_lines, voice_leading
 
 
 def piece(*voices: list[tuple[float, float, int]]) -> PieceNotes:

@@ -130,7 +130,7 @@ def _summary(result: Any, markers: Sequence[tuple[float, str]]) -> str:
     stats = getattr(result, "composer_stats", None)
     if stats and result.notes:
         from ..evaluation.music_metrics import from_notes
-        from ..music.voice_leading import guard_summary
+        from ..evaluation.voice_leading import guard_summary
 
         lines += ["  " + line for line in guard_summary(from_notes(result.notes, 60.0), stats)]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..events import BrainState, Note
-from ..music.voice_leading import guard_telemetry
+from ..music.arbiter import guard_telemetry
 from .handler import PipelineHandler
 from .messages import BrainTelemetry, HealthTelemetry, MusicTelemetry
 from .mqtt import SYNC_KIND, ControlPlane, MessageCallback, Topics

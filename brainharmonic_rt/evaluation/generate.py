@@ -21,8 +21,8 @@ from ..events import Note
 from ..music.constants import DRUM_CHANNEL
 from ..music.generator import DEFAULT_MODEL, GeneratorModel, Voice
 from ..music.tokens import BEATS_PER_BAR, DRUM_PROGRAM
-from ..music.voice_leading import EMPTY, voice_leading
 from .music_metrics import evaluate, evaluate_file, from_notes, read_midi, summarize
+from .voice_leading import EMPTY, voice_leading
 
 MAX_NOTE_BEATS = 8.0
 

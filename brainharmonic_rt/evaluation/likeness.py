@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..music.evaluate import PieceNotes
-from ..music.voice_leading import top_lines
+from .music_metrics import PieceNotes
+from .voice_leading import top_lines
 
 SEGMENT_BEATS = 32.0
 FEATURES = ("pitch_range", "ioi", "note_length", "pitch_class", "interval", "polyphony")

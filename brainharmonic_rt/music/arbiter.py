@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import collections
 import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -449,3 +452,34 @@ class Arbiter:
         self.notes.append(Sounding(t, end, int(pitch), voice, drum))
         self._last_onset[voice] = max(self._last_onset[voice], t)
         return end - t
+
+
+def merge_veto_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add up the ``veto`` entries of several composers' :meth:`stats` (renders of several sessions)."""
+    checked = sum(int(s.get("veto", {}).get("checked", 0)) for s in stats)
+    by: Counter[str] = Counter()
+    for s in stats:
+        by.update(s.get("veto", {}).get("by_reason", {}))
+    refused = sum(by.values())
+    return {
+        "checked": checked,
+        "refused": refused,
+        "rate": refused / checked if checked else 0.0,
+        "by_reason": {k: v / checked if checked else 0.0 for k, v in sorted(by.items())},
+        "dropped": sum(int(s.get("dropped", 0)) for s in stats),
+    }
+
+
+def guard_telemetry(composer_stats: Mapping[str, Any]) -> dict[str, float | int | bool]:
+    """A composer's :meth:`stats` flattened for ``telemetry/health`` (``guard``)."""
+    if not composer_stats:
+        return {}
+    v = merge_veto_stats([composer_stats])
+    out: dict[str, float | int | bool] = {
+        "arbiter": bool(composer_stats.get("arbiter", True)),
+        "checked": int(v["checked"]),
+        "veto_rate": float(v["rate"]),
+        "dropped": int(v["dropped"]),
+    }
+    out |= {f"veto_{k}": float(x) for k, x in v["by_reason"].items()}
+    return out

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..evaluation.music_metrics import PieceNotes
 from ..music.ensemble_grid import LOW_PITCH, MAX_DUR, N_PITCH, N_POS, ROLES, STEPS_PER_BEAT
-from ..music.evaluate import PieceNotes
 
 DEFAULT_DIR = Path.home() / ".cache" / "brainharmonic" / "ensemble-corpus"
 DEFAULT_MIDI = Path(__file__).resolve().parents[3] / "shared" / "data" / "midi"
@@ -523,7 +523,7 @@ def build_corpus_command(args: argparse.Namespace) -> int:
 
 
 def piece_notes(c: CorpusArrays, k: int) -> PieceNotes:
-    """Piece ``k`` as :class:`~brainharmonic_rt.music.evaluate.PieceNotes` in beats, one track per line."""
+    """Piece ``k`` as :class:`~brainharmonic_rt.evaluation.music_metrics.PieceNotes` in beats, one track per line."""
     lines = c.piece_lines(k)
     sel = np.r_[tuple(c.line_notes(int(li)) for li in lines)] if lines.size else np.zeros(0, np.int64)
     return PieceNotes.build(

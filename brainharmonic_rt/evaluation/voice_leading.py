@@ -18,14 +18,14 @@ Times are in beats (any unit works); :class:`~.evaluate.PieceNotes` is the input
 from __future__ import annotations
 
 import itertools
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .evaluate import TIME_EPS, PieceNotes
+from ..music.arbiter import merge_veto_stats
+from .music_metrics import TIME_EPS, PieceNotes
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,22 +125,6 @@ def voice_leading(notes: PieceNotes) -> VoiceLeading:
     return VoiceLeading(motions, parallel, onsets, crossings, moves, leaps)
 
 
-def merge_veto_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Add up the ``veto`` entries of several composers' :meth:`stats` (renders of several sessions)."""
-    checked = sum(int(s.get("veto", {}).get("checked", 0)) for s in stats)
-    by: Counter[str] = Counter()
-    for s in stats:
-        by.update(s.get("veto", {}).get("by_reason", {}))
-    refused = sum(by.values())
-    return {
-        "checked": checked,
-        "refused": refused,
-        "rate": refused / checked if checked else 0.0,
-        "by_reason": {k: v / checked if checked else 0.0 for k, v in sorted(by.items())},
-        "dropped": sum(int(s.get("dropped", 0)) for s in stats),
-    }
-
-
 def guard_summary(notes: PieceNotes, composer_stats: Mapping[str, Any]) -> list[str]:
     """What the model did, for a person (the demo summary): the arbiter's veto rate by reason and the
     voice-leading figures of the notes that sounded."""
@@ -161,18 +145,3 @@ def guard_summary(notes: PieceNotes, composer_stats: Mapping[str, Any]) -> list[
         f"voice leading: {vl.parallel_per_100:.2f} parallel fifths/octaves per 100 two-voice motions, "
         f"{100 * vl.crossing_share:.1f} % of onsets crossed, {100 * vl.leap_share:.2f} % of moves leap over an octave",
     ]
-
-
-def guard_telemetry(composer_stats: Mapping[str, Any]) -> dict[str, float | int | bool]:
-    """A composer's :meth:`stats` flattened for ``telemetry/health`` (``guard``)."""
-    if not composer_stats:
-        return {}
-    v = merge_veto_stats([composer_stats])
-    out: dict[str, float | int | bool] = {
-        "arbiter": bool(composer_stats.get("arbiter", True)),
-        "checked": int(v["checked"]),
-        "veto_rate": float(v["rate"]),
-        "dropped": int(v["dropped"]),
-    }
-    out |= {f"veto_{k}": float(x) for k, x in v["by_reason"].items()}
-    return out
