@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cli_audio
 from .config import Settings, load_settings, settings_to_toml
 from .errors import BrainharmonicError, ConfigError, DataError
 
@@ -252,30 +252,43 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     from .sources.lsl import LSLSource
     from .sources.player import Replay
 
-    try:
-        outputs = [p for ports in list_ports().get("outputs", {}).values() for p in ports]
-    except BrainharmonicError:
-        outputs = []
-    port = args.midi_port or (outputs[0] if outputs else None)
-    if not args.live and port is None:
-        print("demo: no MIDI output port found, so no live playback (pass --live to open a virtual MIDI port).")
-        return 0
     sid = f"brainharmonic-demo-{uuid.uuid4().hex[:8]}"
-    settings = _settings(
-        args,
-        stream={"source_id": sid, "timeout": 15.0},
-        music={"seed": args.seed},
-        output={
-            "midi_port": port,
+    sections: dict[str, dict[str, Any]] = {
+        "stream": {"source_id": sid, "timeout": 15.0},
+        "music": {"seed": args.seed},
+        "output": {
+            "midi_port": args.midi_port,
             "virtual_port": "brainharmonic-demo",
             "midi_clock": args.midi_clock,
             "clock_in": args.clock_in,
         },
+    }
+    settings = _settings(args, **cli_audio.add_sections(args, sections))
+    sinks = cli_audio.audio_sinks(args, settings) if args.live else []  # heard through the speakers
+    port = args.midi_port
+    if port is None and not cli_audio.midi_optional(settings, sinks):  # not heard: an existing synth or DAW?
+        try:
+            outputs = [p for ports in list_ports().get("outputs", {}).values() for p in ports]
+        except BrainharmonicError:
+            outputs = []
+        port = outputs[0] if outputs else None
+    if not args.live and port is None:
+        print("demo: no MIDI output port found, so no live playback (pass --live to hear it through the speakers).")
+        return 0
+    settings.output.midi_port = port
+    optional = cli_audio.midi_optional(settings, sinks)
+    sinks.append(
+        RtMidiSink(
+            port=port,
+            virtual_name=None if port else "brainharmonic-demo",
+            api=settings.output.midi_api,
+            optional=optional,
+        )
     )
-    sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
     out = Path(args.out)
+    heard = cli_audio.describe(sinks)
     if getattr(args, "board", None):
-        return _demo_board(args, settings, sink, out, port)
+        return _demo_board(args, settings, sinks, out, port, heard)
 
     async def main() -> LivePipeline:
         replay = Replay([rest, task], name="brainharmonic-demo", source_id=sid, seconds=args.seconds)
@@ -283,7 +296,7 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
             pipe = LivePipeline(
                 settings,
                 LSLSource(settings.stream),
-                [sink],
+                sinks,
                 record_root=out / "sessions",
                 duration=replay.duration,
             )
@@ -291,8 +304,9 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
             where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
-            print(f"demo: live playback through LSL to {where} for {replay.duration:.0f} s (Ctrl-C stops)")
-            await pipe.run()
+            print(f"demo: live playback through LSL to {heard} and {where} for {replay.duration:.0f} s (Ctrl-C stops)")
+            async with cli_audio.live_context(pipe, settings):
+                await pipe.run()
             return pipe
 
     pipe = asyncio.run(main())
@@ -320,12 +334,14 @@ def _live_source(settings: Settings) -> Any:
     return source if mapping is None else MappedSource(source, mapping)
 
 
-def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Path, port: str | None) -> int:
+def _demo_board(
+    args: argparse.Namespace, settings: Settings, sinks: list[Any], out: Path, port: str | None, heard: str
+) -> int:
     """``demo --live --board NAME``: a BrainFlow board (``synthetic`` needs no hardware) played live."""
     from .pipeline import LivePipeline
 
     settings = Settings.model_validate(settings.model_dump() | {"board": {"name": args.board}})
-    pipe = LivePipeline(settings, _live_source(settings), [sink], record_root=out / "sessions", duration=args.seconds)
+    pipe = LivePipeline(settings, _live_source(settings), sinks, record_root=out / "sessions", duration=args.seconds)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -333,8 +349,9 @@ def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Pa
             loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
         where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
         length = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
-        print(f"demo: BrainFlow board '{args.board}' live to {where} {length}")
-        await pipe.run()
+        print(f"demo: BrainFlow board '{args.board}' live to {heard} and {where} {length}")
+        async with cli_audio.live_context(pipe, settings):
+            await pipe.run()
 
     asyncio.run(main())
     folder = pipe.recorder.folder if pipe.recorder else "-"
@@ -361,13 +378,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         "record": {"dir": args.record},
         "control": _control_overrides(args),
     }
-    settings = _settings(args, **sections)
+    settings = _settings(args, **cli_audio.add_sections(args, sections))
     if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
         raise BrainharmonicError(
             "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
             "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
         )
-    sinks: list[Any] = []
+    sinks: list[Any] = cli_audio.audio_sinks(args, settings)  # the embedded synth, heard by default
     if not args.no_midi:
         from .sinks.rtmidi_port import RtMidiSink
 
@@ -376,6 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 port=settings.output.midi_port,
                 virtual_name=settings.output.virtual_port,
                 api=settings.output.midi_api,
+                optional=cli_audio.midi_optional(settings, sinks),
             )
         )
     if args.mid:
@@ -392,15 +410,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, pipeline.stop, signal.Signals(sig).name)
-        if not settings.control.enabled:
-            await pipeline.run()
-            return
-        from .control.live import LiveControl
+        async with cli_audio.live_context(pipeline, settings):  # Ableton Link (--link)
+            if not settings.control.enabled:
+                await pipeline.run()
+                return
+            from .control.live import LiveControl
 
-        overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
-        config_file = Path(args.config) if args.config else None
-        async with LiveControl(pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}):
-            await pipeline.run()
+            overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+            config_file = Path(args.config) if args.config else None
+            async with LiveControl(
+                pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}
+            ):
+                await pipeline.run()
 
     asyncio.run(main())
     snap = pipeline.snapshot()
@@ -577,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="With --live: play a BrainFlow board live instead of the replayed recording (synthetic: no hardware).",
     )
     _add_midi_clock(p)
+    cli_audio.add_arguments(p)
     _add_config(p)
     p.set_defaults(func=cmd_demo)
 
@@ -603,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_lazy(p, "brainharmonic_rt.sources.brainflow", "add_board_arguments")
     _add_midi_clock(p)
+    cli_audio.add_arguments(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
     mqtt.add_argument("--instance", metavar="NAME", help="Instance name; topics live under brainharmonic/NAME/.")

@@ -30,7 +30,7 @@ from .music.clock import Scheduler
 from .music.harmony import BarPlan
 from .music.midiclock import ClockFollower, ClockTrack
 from .recording import SessionRecorder
-from .sinks.base import Sink
+from .sinks.base import RecordsAudio, Sink
 from .sources.base import Source
 
 log = logging.getLogger("brainharmonic")
@@ -322,6 +322,9 @@ class LivePipeline:
                 log.info("recording session to %s", recorder.folder)
                 for notice in engine.notices:
                     recorder.event("notice", message=notice)
+                for sink in self.sinks:  # the live synth keeps what it plays as audio.flac (--record-audio)
+                    if isinstance(sink, RecordsAudio):
+                        sink.record_to(recorder.folder)
             try:
                 async with Scheduler(self.sinks, realtime=True) as scheduler:
                     self.scheduler = scheduler
@@ -570,12 +573,13 @@ class LivePipeline:
         if abs(float(composer.tempo) - bpm) >= CLOCK_IN_JITTER:
             self.retime_now(bpm)
 
-    def retime_now(self, bpm: float) -> float | None:
+    def retime_now(self, bpm: float, *, pin: bool = True) -> float | None:
         """Play at ``bpm`` from just after now; what was scheduled beyond is composed again.
 
         The same cut as the MQTT ``set_tempo`` command (control/handler.py): the composer changes tempo
         ``CUT_MARGIN`` after now and :meth:`recompose` makes it heard at once. Returns the music time of
-        the change, or None before the first window.
+        the change, or None before the first window. ``pin=False`` leaves the brain free to move the
+        tempo afterwards (a Link session's tempo while our brain leads it).
         """
         from .control.handler import CUT_MARGIN
 
@@ -583,7 +587,7 @@ class LivePipeline:
         if engine is None or scheduler is None or not scheduler.running or engine._composed_until is None:
             return None
         at = max(scheduler.music_now() + CUT_MARGIN, 0.0)
-        engine.composer.retime(at, bpm)
+        engine.composer.retime(at, bpm, pin=pin)
         if self._last_state is not None and engine._composed_until > at:
             self.recompose(self._last_state, at)
         return at

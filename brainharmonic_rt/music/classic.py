@@ -167,15 +167,17 @@ class ClassicComposer(EnsembleComposer[_Voice]):
     def _grid_at(self, t: float) -> float:
         return self._timeline.seconds_per_beat(t) / self._spb
 
-    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None, pin: bool = True) -> None:
         """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
         given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering).
 
         A tempo set from outside (a user, a leader, an incoming MIDI clock) pins it: the plan stops
-        moving the tempo with the brain.
+        moving the tempo with the brain. ``pin=False`` (a phase nudge while our brain leads an Ableton
+        Link session) leaves the plan free.
         """
         self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
-        self.plan.pin_tempo()
+        if pin:
+            self.plan.pin_tempo()
 
     def adopt(self, other: EnsembleComposer[Any], frontier: float | None = None) -> None:
         """Take over from another composer mid-session (a live mode switch): same beat grid, plan,

@@ -214,13 +214,15 @@ class LearnedComposer(EnsembleComposer[_LVoice]):
     def _from(self, at: float) -> float:
         return at if self._frontier is None else max(at, self._frontier)
 
-    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
-        """``tempo`` BPM from ``at`` (or the composed frontier, if later) on; pins the tempo (see ClassicComposer)."""
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None, pin: bool = True) -> None:
+        """``tempo`` BPM from ``at`` (or the composed frontier, if later) on; pins the tempo unless ``pin`` is
+        False (see ClassicComposer)."""
         at = self._from(at)
         if beat is not None and self._frontier is not None and at > self._frontier:
             beat = None
         self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
-        self.plan.pin_tempo()
+        if pin:
+            self.plan.pin_tempo()
 
     def set_key(
         self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None

@@ -6,9 +6,13 @@ brainharmonic_rt.sinks`` never pulls in rtmidi or FluidSynth.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import mido
@@ -23,6 +27,27 @@ SINK_KINDS: dict[str, str] = {
     "synth": "brainharmonic_rt.sinks.synth:SynthSink",
     "memory": "brainharmonic_rt.sinks.base:MemorySink",
 }
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence C-level stderr for a moment (JACK, ALSA and PulseAudio print their own errors; we say one sentence)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded): nothing to silence
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @runtime_checkable
@@ -41,6 +66,14 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Leave the synth silent (all notes off on used channels) and free resources; idempotent."""
+
+
+@runtime_checkable
+class RecordsAudio(Protocol):
+    """A sink that can keep what it plays as audio in the session folder (the live synth)."""
+
+    def record_to(self, folder: Path) -> None:
+        """Start keeping the audio in ``folder`` (if the sink was asked to record)."""
 
 
 def open_sink(kind: str, **kw: Any) -> Sink:
