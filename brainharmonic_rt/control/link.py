@@ -10,10 +10,12 @@ local network (through aalink, a binding of Ableton's Link library) and keeps th
   correction of the MQTT beat sync (``control/sync.py``: snap above a quarter beat, else a tempo
   nudge of at most ``max_adjust`` over ``smoothing`` s). Our beat numbers stay ours: only bar lines
   are shared, as Link intends.
-* Start/stop. A peer's Stop silences us (pending notes dropped, sounding ones ended, like a mute of
-  every instrument); its Start brings the music back on the session's bar grid.
-* ``lead``. Our brain-driven tempo (the harmonic plan's, at bar lines) is proposed to the session,
-  and our own start and stop are proposed too. A peer may still change the tempo; we follow it
+* Start/stop. We start playing when we join (peers with start/stop sync start with us, as pressing
+  play in any Link app does). A peer's Stop silences us (pending notes dropped, sounding ones ended,
+  like a mute of every instrument); its Start brings the music back on the session's bar grid.
+* ``lead``. A tempo our side chooses (the harmonic plan's at a bar line, from the brain; a user's
+  ``set_tempo``) is proposed to the session; so is our start to each peer that joins, and our stop
+  when the run ends. A peer may still change the tempo; we follow it
   without pinning, until the brain moves the tempo again.
 
 Clocks. aalink reports the session's beat at "now" only. Each read is bracketed by two
@@ -120,6 +122,8 @@ class LinkSync:
         self.proposals = 0
         self.errors_ms: collections.deque[float] = collections.deque(maxlen=4096)
         self._proposed: float | None = None
+        self._nudged: float | None = None  # the composer's tempo as our last phase correction left it
+        self._peers = 0
         self._snap_next = True
         self._state: Any = None
         self._silenced: list[str] = []
@@ -139,8 +143,10 @@ class LinkSync:
         link.set_num_peers_callback(self._on_peers)
         link.enabled = True
         self.link, self.clock = link, LinkClock(link)
-        if self.lead and not link.playing:
-            link.playing = True
+        # We play from the start, so our Link state says so (a joining peer does not take the session's
+        # state until it changes; measured with aalink 0.2.3): peers with start/stop sync start with us, and
+        # a later Stop is a change we are told about.
+        link.playing = True
         self.pipeline.listeners.append(self._on_window)
         log.info("joined the Ableton Link session (%d peers, %.2f BPM)", link.num_peers, link.tempo)
         return self
@@ -153,6 +159,7 @@ class LinkSync:
         if self.link is not None:
             if self.lead and self.link.playing:
                 self.link.playing = False
+                await asyncio.sleep(0.1)  # let the Stop reach the peers before we leave
             self.link.enabled = False
             self.link = None
 
@@ -175,6 +182,11 @@ class LinkSync:
         if clock is None or self.clock is None:
             return
         composer, frontier, origin = clock
+        playing = bool(self.link.playing)
+        if playing != self.playing:  # a start/stop whose callback has not come (yet)
+            self._on_start_stop(playing)
+            if not playing:
+                return
         if self.lead:
             self._propose(composer)
         self.align(composer, frontier, origin)
@@ -196,16 +208,20 @@ class LinkSync:
             pin=not self.lead,
         )
         self._snap_next = False
+        self._nudged = float(composer.tempo)
         self.snaps += int(snapped)
         err_ms = error * 60.0 / tempo * 1000.0
         self.errors_ms.append(err_ms)
         return err_ms
 
     def _propose(self, composer: Any) -> None:
-        """Lead: the plan's tempo (bar by bar, from the brain) goes to the session when it changes."""
-        plan = getattr(composer, "plan", None)
-        bar = getattr(plan, "current", None)
-        tempo = float(bar.tempo) if bar is not None else float(composer.tempo)
+        """Lead: a tempo our side chose (the plan at a bar line, a user's set_tempo) goes to the session.
+
+        The composer's tempo is ours unless it is the one our last phase nudge set.
+        """
+        tempo = float(composer.tempo)
+        if self._nudged is not None and abs(tempo - self._nudged) <= 1e-9:
+            return
         if self._proposed is None or abs(tempo - self._proposed) > TEMPO_EPS:
             self._proposed = tempo
             self.link.tempo = tempo
@@ -257,6 +273,10 @@ class LinkSync:
 
     def _on_peers(self, n: int) -> None:
         log.info("Ableton Link: %d peer%s", n, "" if n == 1 else "s")
+        if self.lead and self.playing and self.link is not None and n > self._peers:
+            # A joining peer does not take the session's start/stop state until it changes: say it again.
+            self.link.playing = True
+        self._peers = n
 
     def stats(self) -> dict[str, Any]:
         """Peers, tempo, playing and recent phase errors (ms) for health telemetry."""
