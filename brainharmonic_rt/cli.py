@@ -384,7 +384,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
             "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
         )
-    sinks: list[Any] = cli_audio.audio_sinks(args, settings)  # the embedded synth, heard by default
+    sinks: list[Any] = cli_audio.audio_sinks(args, settings, recording=settings.record.dir is not None)
     if not args.no_midi:
         from .sinks.rtmidi_port import RtMidiSink
 

@@ -34,16 +34,20 @@ def add_sections(args: argparse.Namespace, sections: dict[str, dict[str, Any]]) 
     return sections
 
 
-def audio_sinks(args: argparse.Namespace, settings: Settings) -> list[Any]:
+def audio_sinks(args: argparse.Namespace, settings: Settings, *, recording: bool = True) -> list[Any]:
     """[the live synth], started now, when audio is on; [] otherwise.
 
-    Also refuses ``--link`` with ``--follow``/``--clock-in`` before anything opens. A synth that
-    cannot play (no SoundFont, no audio output) is one warning: the run goes on with MIDI only.
+    Refuses, before anything opens, ``--link`` with ``--follow``/``--clock-in`` and ``--record-audio``
+    without a session folder (``recording``). A synth that cannot play (no SoundFont, no audio output) is
+    one warning: the run goes on with MIDI only.
     """
     from .control.link import check_link
+    from .errors import ConfigError
     from .sinks.live_synth import live_synth
 
     check_link(settings)
+    if settings.audio.record and not recording:
+        raise ConfigError("--record-audio keeps the audio in the session folder; add --record DIR.")
     forced = getattr(args, "audio_driver", None) is not None
     synth = live_synth(
         settings.audio, settings.music, settings.output.soundfont, settings.output.midi_port, forced=forced

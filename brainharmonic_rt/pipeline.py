@@ -320,7 +320,7 @@ class LivePipeline:
                 recorder = self.recorder = SessionRecorder(self.record_root, self.settings, self.source.info)
                 recorder.__enter__()
                 log.info("recording session to %s", recorder.folder)
-                for notice in engine.notices:
+                for notice in self._notices():
                     recorder.event("notice", message=notice)
                 for sink in self.sinks:  # the live synth keeps what it plays as audio.flac (--record-audio)
                     if isinstance(sink, RecordsAudio):
@@ -469,6 +469,11 @@ class LivePipeline:
         if self.recorder is not None:
             self.recorder.write_quality({"t": round(window.t_end, 3), "channels": channels})
 
+    def _notices(self) -> list[str]:
+        """One-line remarks a person should see: about the input, and why a sink plays nothing (no audio)."""
+        out = list(self.engine.notices) if self.engine is not None else []
+        return out + [p for p in (getattr(s, "problem", None) for s in self.sinks) if isinstance(p, str)]
+
     def snapshot(self) -> dict[str, Any]:
         """Health figures for logs and telemetry."""
         out: dict[str, Any] = {
@@ -488,7 +493,7 @@ class LivePipeline:
             out["scheduler"] = self.scheduler.stats()
         if self.engine is not None:
             out["quality"] = self.quality
-            out["notices"] = list(self.engine.notices)
+            out["notices"] = self._notices()
             detector = self.engine.chain.inspector.artifacts if self.engine.chain.inspector is not None else None
             if detector is not None:
                 out["artifacts"] = dict(detector.counts)

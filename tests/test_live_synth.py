@@ -295,7 +295,7 @@ def test_missing_soundfont_is_one_sentence_and_midi_goes_on(tmp_path: Path) -> N
             assert reader.wait_for(lambda m: len(note_ons(m)) >= 3, 30), "MIDI must go on without the synth"
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("INFO")]
     assert len(lines) == 1, err
     assert "nope.sf2 does not exist" in lines[0] and "--soundfont" in lines[0] and "MIDI only" in lines[0]
 
@@ -307,16 +307,19 @@ def test_driver_that_fails_is_one_sentence_and_midi_goes_on(tmp_path: Path) -> N
     with SyntheticOutlet(sid, n_channels=19, sfreq=250.0):
         proc = subprocess.Popen(
             [*BIN, "run", "--source-id", sid, "--virtual-port", port, "--audio-driver", "pulseaudio",
-             "--duration", "8"],
+             "--duration", "8", "--record", str(tmp_path / "s")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         with MidiReader(port, timeout=30) as reader:
             assert reader.wait_for(lambda m: len(note_ons(m)) >= 3, 30), "MIDI must go on without audio"
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("INFO")]
     assert len(lines) == 1, err
     assert "pulseaudio" in lines[0] and "MIDI only" in lines[0] and "--audio-driver" in lines[0], lines[0]
+    (folder,) = (tmp_path / "s").iterdir()  # ... and the session says so too
+    notices = [e["message"] for e in read_jsonl(folder / "events.jsonl") if e["event"] == "notice"]
+    assert any("pulseaudio" in n and "MIDI only" in n for n in notices), notices
 
 
 def test_no_audio_device_says_what_was_tried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -355,3 +358,32 @@ def test_unknown_driver_and_unreadable_soundfont_are_sentences(tmp_path: Path) -
     sink.open(PIANO, 120.0)  # plays nothing, fails nothing
     sink.send(mido.Message("note_on", note=60, velocity=90), 0.0)
     sink.close()
+
+
+def test_audio_is_on_by_default_off_with_a_midi_port_or_no_audio() -> None:
+    import argparse
+
+    from brainharmonic_rt.sinks.live_synth import add_audio_arguments, audio_overrides, wants_audio
+
+    p = argparse.ArgumentParser()
+    add_audio_arguments(p)
+
+    def audio(*argv: str) -> AudioSettings:
+        overrides = {k: v for k, v in audio_overrides(p.parse_args(list(argv))).items() if v is not None}
+        return AudioSettings(**overrides)
+
+    assert wants_audio(audio(), None)
+    assert not wants_audio(audio(), "FLUID Synth")  # an existing port: a synth or DAW plays the notes
+    assert wants_audio(audio("--audio-driver", "jack"), "FLUID Synth", forced=True)
+    assert not wants_audio(audio("--no-audio"), None)
+    assert audio("--audio-driver", "alsa").driver == "alsa" and audio("--record-audio").record
+
+
+def test_record_audio_without_a_session_folder_is_refused() -> None:
+    r = subprocess.run(
+        [*BIN, "run", "--board", "synthetic", "--record-audio", "--no-midi"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (
+        "brainharmonic: error: --record-audio keeps the audio in the session folder; add --record DIR."
+    )

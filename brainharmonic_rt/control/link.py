@@ -211,7 +211,8 @@ class LinkSync:
         self._nudged = float(composer.tempo)
         self.snaps += int(snapped)
         err_ms = error * 60.0 / tempo * 1000.0
-        self.errors_ms.append(err_ms)
+        if not snapped:  # a snap is a first lock or a jump (start, a tempo change), not a tracking error
+            self.errors_ms.append(err_ms)
         return err_ms
 
     def _propose(self, composer: Any) -> None:
@@ -240,7 +241,17 @@ class LinkSync:
         log.info("Link session tempo %.2f BPM", bpm)
         if self.lead:
             self._proposed = bpm  # a peer's tempo is the session's now; the brain's next change re-proposes
-        self.pipeline.retime_now(bpm, pin=not self.lead)
+        at = self.pipeline.retime_now(bpm, pin=not self.lead)
+        clock = self._clock()
+        if at is None or clock is None or self._state is None:
+            return
+        # The session changed tempo a little before ``at`` (Link keeps its beat continuous there): put our
+        # beat at ``at`` exactly on the session's, and compose from there again.
+        composer, frontier, origin = clock
+        self._snap_next = True
+        self.align(composer, at, origin)
+        if frontier > at:
+            self.pipeline.recompose(self._state, at)
 
     def _on_start_stop(self, playing: bool) -> None:
         playing = bool(playing)

@@ -96,6 +96,9 @@ class LiveSynthSink:
         except AudioUnavailable as exc:
             self.problem = str(exc)
             log.warning("%s", self.problem)
+            if not a.record:  # nothing will use it: give its memory back
+                self.synth.delete()
+                self.synth = None
             return False
         return True
 
