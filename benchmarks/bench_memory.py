@@ -18,7 +18,16 @@ from _common import header
 from bench_latency import push
 
 CHILD = """
-import runpy, sys
+import runpy, sys, threading, time
+peak = {}
+def sample():  # the largest private (RssAnon), JACK shared-memory (RssShmem) and proportional (Pss) sizes
+    while True:
+        st = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('Rss')}
+        st['Pss'] = next(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('Pss:'))
+        for k, v in st.items():
+            peak[k] = max(peak.get(k, 0), v)
+        time.sleep(0.5)
+threading.Thread(target=sample, daemon=True).start()
 sys.argv = ['brainharmonic'] + sys.argv[1:]
 try:
     runpy.run_module('brainharmonic_rt.cli', run_name='__main__')
@@ -26,9 +35,8 @@ except SystemExit:
     pass
 print('torch imported:', 'torch' in sys.modules)
 print('VmHWM:', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], 'kB')
-st = {l.split(':')[0]: int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('Rss')}
-pss = {l.split(':')[0]: int(l.split()[1]) // 1024 for l in open('/proc/self/smaps_rollup') if l.startswith('Pss')}
-print('at exit: RssAnon', st.get('RssAnon'), 'MB, RssShmem', st.get('RssShmem'), 'MB, Pss', pss.get('Pss'), 'MB')
+print('peaks: private (RssAnon) %d MB, shared memory (RssShmem, JACK) %d MB, Pss %d MB' % tuple(
+    peak.get(k, 0) // 1024 for k in ('RssAnon', 'RssShmem', 'Pss')))
 """
 
 
@@ -55,7 +63,7 @@ def main() -> None:
             capture_output=True, text=True, timeout=args.seconds + 60,
         )  # fmt: skip
         pusher.join(30)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("torch", "VmHWM", "stopped", "at exit"))]
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("torch", "VmHWM", "stopped", "peaks"))]
         peak = int(next(ln for ln in lines if ln.startswith("VmHWM")).split()[1]) / 1024
         peaks.append(peak)
         synth = [ln.split(": ", 1)[-1] for ln in out.stderr.splitlines() if "live synth" in ln or "audio" in ln]

@@ -258,7 +258,7 @@ MEMORY = r"""
 import sys
 sys.path.insert(0, sys.argv[2])
 def rss():
-    d = {l.split(':')[0]: int(l.split()[1]) / 1024 for l in open('/proc/self/status')}
+    d = {l.split(':')[0]: int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith(('VmRSS', 'Rss'))}
     return d['VmRSS'], d['RssAnon'], d['RssShmem']
 import brainharmonic_rt.pipeline, brainharmonic_rt.sinks.rtmidi_port
 from brainharmonic_rt.config import AudioSettings, MusicSettings
@@ -279,6 +279,8 @@ def memory_run(soundfont: str | None) -> list[float]:
     r = subprocess.run(
         [sys.executable, "-c", MEMORY, soundfont or "", str(ROOT)], capture_output=True, text=True, timeout=120
     )
+    if r.returncode != 0:
+        sys.exit(r.stderr[-2000:])
     return [float(x) for x in r.stdout.split()[:6]]
 
 
