@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 def _add_music(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="Seed for every random choice (same seed and input => same notes).")
     p.add_argument("--mode", choices=["classic", "learned"], help="Brain-to-music mode (default: classic).")
-    p.add_argument("--tempo", type=float, help="Beats per minute.")
+    p.add_argument("--tempo", type=_positive, help="Beats per minute.")
 
 
 def _music_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,6 +97,10 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tu
         if getattr(args, "config", None) is None:
             # BOLD is slow: EEG bands do not fit a 1.4 Hz signal, so fMRI gets its own defaults.
             preset = load_settings(Path(__file__).parent / "presets" / "fmri.toml")
+        if args.tr is None:
+            raise ConfigError(
+                f"fMRI input {first} needs its repetition time: pass --tr SECONDS (0.72 for the HCP runs)."
+            )
         return _limit(read_fmri(first, tr=args.tr), args), preset, []
     bids = None
     if getattr(args, "subject", None) is not None:
@@ -151,7 +156,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         settings = _settings(args, music=_music_overrides(args))
     out = Path(args.out)
-    result = asyncio.run(render(settings, source, [MidiFileSink(out)]))
+    existed = out.exists()
+    try:
+        result = asyncio.run(render(settings, source, [MidiFileSink(out)]))
+    except BrainharmonicError:
+        if not existed:  # a refused input leaves no half-made output behind
+            out.unlink(missing_ok=True)
+        raise
     written = [str(out)]
     if args.events:
         _write_events(Path(args.events), result)
@@ -232,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         start=0.0,
         subject=None,
-        tr=0.72,
+        tr=None,
     )
     print(f"demo: subject {args.subject:02d} of PhysioNet eegmat (rest, then mental arithmetic) from {root}")
     ns.labels = {rest.stem: "rest", task.stem: "mental arithmetic"}
@@ -380,7 +391,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     settings = _settings(args, **cli_audio.add_sections(args, sections))
     if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
-        raise BrainharmonicError(
+        raise ConfigError(
             "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
             "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
         )
@@ -453,6 +464,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         bids=bids,
         channels=_channel_map(args),
         xdf_stream=args.xdf_stream,
+    )
+    replay.start()
+    loop_note = ", looping" if args.loop else ""
+    print(
+        f"replay: serving {args.path} as LSL stream '{args.name}' (source_id {replay.source_id}, "
+        f"{len(replay.ch_names)} ch @ {replay.sfreq:g} Hz, {replay.duration:.1f} s per pass{loop_note}); Ctrl-C stops",
+        flush=True,
     )
     replay.serve_forever()
     return 0
@@ -534,10 +552,36 @@ def cmd_config(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number of seconds (or BPM) above 0."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (got {text})")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
+    return value
+
+
 def _add_input_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, help="Use at most this many seconds of input.")
-    p.add_argument("--start", type=float, default=0.0, help="Skip this many seconds at the start of the input.")
-    p.add_argument("--tr", type=float, default=0.72, help="Repetition time (s) of an fMRI .npy input.")
+    p.add_argument("--seconds", type=_positive, help="Use at most this many seconds of input.")
+    p.add_argument("--start", type=_not_negative, default=0.0, help="Skip this many seconds at the start of the input.")
+    p.add_argument("--tr", type=_positive, help="Repetition time (s) of an fMRI .npy input (required for .npy).")
     _add_channel_options(p)
     bids = p.add_argument_group("BIDS selection (INPUT is a BIDS root)")
     bids.add_argument("--subject", help="BIDS subject label.")
@@ -584,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="Folder holding the eegmat EDF files.")
     p.add_argument("--subject", type=int, default=0, help="eegmat subject number 0-35 (default 0).")
     p.add_argument("--out", default="demo-out", help="Output folder (default ./demo-out).")
-    p.add_argument("--seconds", type=float, help="Only this many seconds of the recording.")
+    p.add_argument("--seconds", type=_positive, help="Only this many seconds of the recording.")
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--live",
@@ -610,14 +654,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", metavar="NAME", help="LSL stream name.")
     p.add_argument("--type", help="LSL stream type (e.g. EEG).")
     p.add_argument("--source-id", help="LSL source_id.")
-    p.add_argument("--timeout", type=float, help="Seconds to wait for the stream (default 10).")
+    p.add_argument("--timeout", type=_positive, help="Seconds to wait for the stream (default 10).")
     port = p.add_mutually_exclusive_group()
     port.add_argument("--midi-port", metavar="NAME", help="Existing MIDI output port (name or unique part of it).")
     port.add_argument("--virtual-port", metavar="NAME", help="Open a virtual MIDI port with this name (default).")
     port.add_argument("--no-midi", action="store_true", help="Do not open a MIDI port.")
     p.add_argument("--record", metavar="DIR", help="Write a session folder under DIR.")
     p.add_argument("--mid", metavar="OUT.mid", help="Also write the notes to a MIDI file.")
-    p.add_argument("--duration", type=float, metavar="S", help="Stop after S seconds.")
+    p.add_argument("--duration", type=_positive, metavar="S", help="Stop after S seconds.")
     p.add_argument(
         "--channels",
         metavar='"1=Fz,2=C3,..."',
@@ -717,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval_music)
 
     p = sub.add_parser("streams", help="List the LSL streams visible from here.")
-    p.add_argument("--timeout", type=float, default=2.0, help="Seconds to look (default 2).")
+    p.add_argument("--timeout", type=_positive, default=2.0, help="Seconds to look (default 2).")
     p.set_defaults(func=cmd_streams)
 
     p = sub.add_parser("ports", help="List MIDI ports.")

@@ -7,6 +7,7 @@ Unknown keys are rejected so a typo never passes silently.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,7 +55,8 @@ ModeName = Literal["classic", "learned"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: "nan" or "inf" for a number is refused as not finite, not compared with a range.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StreamSettings(_Section):
@@ -219,6 +221,14 @@ class SignalSettings(_Section):
     def _channels_parse(cls, v: str | None) -> str | None:
         if v is not None:
             parse_channels(v)
+        return v
+
+    @field_validator("bandpass", mode="before")
+    @classmethod
+    def _bandpass_off(cls, v: Any) -> Any:
+        # TOML and the environment have no null: "none" (or "off") switches the band-pass off there.
+        if isinstance(v, str) and v.strip().lower() in ("none", "off", "null"):
+            return None
         return v
 
     @field_validator("bandpass")
@@ -582,7 +592,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     ``overrides`` are nested dicts from the command line, e.g. ``music={"tempo": 90}``.
     """
     path = Path(config_file) if config_file is not None else None
+    _check_environment()
     if path is not None:
+        if path.is_dir():
+            raise ConfigError(f"Config path {path} is a folder, not a file; pass a TOML file to --config.")
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist; pass an existing TOML file to --config.")
         try:
@@ -598,6 +611,24 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings.model_validate(_FromFile(**overrides).model_dump(exclude_unset=True))
     except ValidationError as exc:
         raise ConfigError(" ".join(_describe(e, path) for e in exc.errors())) from None
+
+
+#: Variables with our prefix that are not settings (read elsewhere: the data lookup, tests).
+NOT_SETTINGS = frozenset({"BRAINHARMONIC_DATA", "BRAINHARMONIC_EEGMAT_URL", "BRAINHARMONIC_NO_DOWNLOAD"})
+
+
+def _check_environment() -> None:
+    """Refuse ``BRAINHARMONIC_<SECTION>__…`` variables whose section does not exist (a typo would be ignored)."""
+    sections = set(Settings.model_fields)
+    for name in sorted(os.environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_SETTINGS:
+            continue
+        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in sections:
+            raise ConfigError(
+                f"Environment variable {name} names no settings section '{section}'; the sections are "
+                f"{', '.join(sorted(sections))} (e.g. {ENV_PREFIX}MUSIC__TEMPO=90): fix or unset it."
+            )
 
 
 def settings_to_toml(settings: Settings) -> str:

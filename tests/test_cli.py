@@ -187,7 +187,7 @@ def test_fmri_npy_renders_with_its_preset(tmp_path: Path) -> None:
     fmri = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmri" / "100206" / "rfMRI_REST1_LR.npy"
     if not fmri.exists():
         pytest.skip(f"fMRI sample data not present at {fmri}")
-    r = bh("render", str(fmri), "--out", str(tmp_path / "f.mid"), "--seconds", "400")
+    r = bh("render", str(fmri), "--out", str(tmp_path / "f.mid"), "--seconds", "400", "--tr", "0.72")
     assert r.returncode == 0, r.stderr
     assert "379 channels" in r.stdout and mido.MidiFile(tmp_path / "f.mid").length > 100
 

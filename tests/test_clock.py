@@ -88,6 +88,19 @@ async def test_note_off_precedes_note_on_at_the_same_time() -> None:
     assert notes == [(0.5, "note_on"), (1.0, "note_off"), (1.0, "note_on"), (1.5, "note_off")]
 
 
+async def test_note_offs_leave_before_note_ons_when_float_noise_puts_the_end_a_hair_later() -> None:
+    """Robustness fault 9: a learned run showed 8 notes sounding on the port under a cap of 6. A note's end
+    ``time + duration`` (0.1 + 0.2 = 0.30000000000000004) and the next onset on the grid (0.3) are one
+    instant: the note_off must leave first, so the port never holds more notes than the composer allowed."""
+    sink = MemorySink()
+    async with Scheduler([sink], realtime=False) as s:
+        s.schedule([Note(0.1, 0.2, 60, 90, 0), Note(0.3, 0.5, 64, 90, 1)])
+        s.advance(5.0)
+    kinds = [m.type for _, m in sink.messages if m.type.startswith("note")]
+    assert kinds == ["note_on", "note_off", "note_on", "note_off"]
+    assert s.stats()["played"] == 2 and [n.pitch for n in s.take_played()] == [60, 64]
+
+
 async def test_retrigger_ends_the_sounding_note_first_and_skips_its_late_off() -> None:
     sink = MemorySink()
     async with Scheduler([sink], realtime=False) as s:

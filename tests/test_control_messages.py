@@ -216,14 +216,14 @@ def test_register_accepts_exactly_ordered_midi_ranges(low: int, high: int) -> No
 # ---------------------------------------------------------------- telemetry payloads
 
 
-def _state(power_nan: bool = False) -> BrainState:
+def _state() -> BrainState:
     bands = ("theta", "alpha", "beta")
     groups = tuple(
         GroupState(
             name=name,
-            power={b: (float("nan") if power_nan and b == "alpha" else -11.5 + i) for i, b in enumerate(bands)},
+            power={b: -11.5 + i for i, b in enumerate(bands)},
             z={b: 0.25 * i for i, b in enumerate(bands)},
-            n_good=3,
+            n_good=0 if name == "frontal" else 3,
         )
         for name in ("frontal", "occipital")
     )
@@ -241,10 +241,12 @@ def _state(power_nan: bool = False) -> BrainState:
 
 
 def test_brain_telemetry_from_state_is_json_and_round_trips() -> None:
-    tel = BrainTelemetry.from_state(_state(power_nan=True))
+    tel = BrainTelemetry.from_state(_state())
     data = json.loads(tel.model_dump_json())
     assert data["token"] == 42 and data["index"] == 7
-    assert data["groups"]["frontal"]["power"]["alpha"] is None  # NaN never reaches a browser
+    assert data["groups"]["frontal"]["n_good"] == 0 and data["groups"]["frontal"]["power"]["alpha"] == -10.5
+    with pytest.raises(ValueError, match="non-finite power"):  # NaN never leaves the brain, let alone a browser
+        GroupState("frontal", {"alpha": float("nan")}, {"alpha": 0.0}, 0)
     assert data["groups"]["occipital"]["z"] == {"theta": 0.0, "alpha": 0.25, "beta": 0.5}
     assert data["latent"]["dim"] == 32 and len(data["latent"]["head"]) == 8
     assert data["latent"]["norm"] == pytest.approx(float(np.linalg.norm(np.linspace(-1, 1, 32))))

@@ -350,6 +350,28 @@ async def test_retained_command_is_never_applied(broker: MosquittoBroker, instan
             await p.client.publish(p.topics.cmd, b"", qos=1, retain=True)  # clear it
 
 
+async def test_retained_command_published_while_online_is_refused_too(broker: MosquittoBroker, instance: str) -> None:
+    """Robustness fault 5: a command published with retain while the service was online was executed
+    (MQTT 3.1.1 delivers it live without the retain flag), then refused with id null at every restart."""
+    handler = StateHandler()
+    async with probe(broker, instance) as p:
+        try:
+            async with running(broker.control_settings(instance), handler):
+                await p.command({"cmd": "panic", "id": "live-retained"}, retain=True)
+                err = await p.wait("error", lambda m: m.get("id") == "live-retained")
+                assert err["field"] == "payload" and err["cmd"] == "panic"
+                assert "-r -n" in err["reason"], "the refusal says how to clear the stored command"
+                assert (await p.ask({"cmd": "set_tempo", "bpm": 99}))["ok"] is True
+            assert [c.cmd for c in handler.applied] == ["set_tempo"]
+            handler2 = StateHandler()
+            async with running(broker.control_settings(instance), handler2):  # a restart: refused again, by id
+                err = await p.wait("error", lambda m: m.get("id") == "live-retained" and m is not err)
+                assert "retain" in err["reason"]
+            assert handler2.applied == []
+        finally:
+            await p.client.publish(p.topics.cmd, b"", qos=1, retain=True)  # clear it
+
+
 async def _fuzz_round(broker: MosquittoBroker, payloads: list[bytes]) -> None:
     instance = f"f{uuid.uuid4().hex[:10]}"
     handler = StateHandler()
@@ -415,6 +437,17 @@ async def test_service_with_wrong_password_keeps_retrying_and_explains(broker: M
         assert not stats["connected"] and stats["buffered"] == 1
         assert "refused the login of user 'brainharmonic'" in stats["last_error"]
         assert "BRAINHARMONIC_CONTROL__PASSWORD" in stats["last_error"]
+
+
+async def test_anonymous_login_refused_is_said_as_anonymous_not_user_none(
+    broker: MosquittoBroker, instance: str
+) -> None:
+    """Robustness fault 8: an anonymous login refused by the broker was reported as 'user None'."""
+    s = broker.control_settings(instance, username=None, password=None)
+    async with ControlPlane(s, StateHandler()) as plane:
+        await poll(lambda: plane.stats()["connect_failures"] >= 1, 10, "a refused login")
+        error = plane.stats()["last_error"]
+    assert "anonymous client" in error and "None" not in error
 
 
 async def test_read_only_visuals_client_reads_telemetry_but_cannot_command(

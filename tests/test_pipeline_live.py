@@ -148,3 +148,21 @@ async def test_nan_channel_is_excluded_and_reported_not_fatal(source_id: str, tm
         for g in s["groups"].values():
             assert all(np.isfinite(v) for v in g["z"].values())
     json.dumps(states)
+
+
+async def test_processing_latency_is_measured_on_this_machines_clock_for_a_replay(
+    source_id: str, tmp_path: Path, eegmat_dir: Path
+) -> None:
+    """Robustness fault 4: with `replay` as the source the summary reported a negative latency (p50 -6.6 ms):
+    it trusted the LSL timestamps. Latency now runs from a window's arrival (time.monotonic()) to its notes."""
+    from brainharmonic_rt.sources.player import Replay
+
+    port = f"bh-{uuid.uuid4().hex[:6]}"
+    settings = _settings(source_id, port)
+    async with Replay(eegmat_dir / "Subject00_2.edf", name="bh-lat", source_id=source_id, seconds=8):
+        sink = RtMidiSink(port=None, virtual_name=port)
+        pipe = LivePipeline(settings, LSLSource(settings.stream), [sink], duration=5.0)
+        await asyncio.wait_for(pipe.run(), 30)
+    lat = pipe.stats.latency_summary()
+    assert lat["n"] >= 10
+    assert 0.0 < lat["p50_ms"] < 50.0 and lat["p99_ms"] < 200.0, lat

@@ -272,7 +272,10 @@ async def test_read_fmri_real_run() -> None:
     [
         (np.zeros(10), r"shape \(10,\); it must be 2-D"),
         (np.zeros((4, 3, 2)), r"shape \(4, 3, 2\); it must be 2-D"),
-        (np.array([[1.0, np.nan], [0.0, 1.0]]), r"1 non-finite values \(first at volume 0, region 2\)"),
+        (
+            np.array([[1.0, np.nan], [0.0, 1.0]]),
+            r"1 non-finite values \(first at volume 1, region 2, both counted from 1\)",
+        ),
         (np.array([["a", "b"], ["c", "d"]]), "it must hold real numbers"),
         (np.zeros((1, 5)), "only 1 volume"),
     ],

@@ -25,6 +25,11 @@ topic                          dir    QoS   retain  payload (``control.messages`
 
 The ``sync/beat`` payload goes through the same bounded, rate-limited path as telemetry (kind
 ``"sync"``); extra subscriptions (``subscriptions=``) deliver raw payloads to a callback.
+
+Retained commands are refused, always: the connection speaks MQTT 5 and subscribes to ``cmd`` with
+*retain as published*, so a command stored on the broker carries its retain flag whether it was
+published before the service connected or while it was online (MQTT 3.1.1 clears the flag on live
+delivery, which let a retained command through). The refusal says how to clear the stored copy.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from typing import Any, Protocol, Self
 import aiomqtt
 import pydantic_core
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel
 
 from .. import __version__
@@ -329,6 +335,7 @@ class ControlPlane:
             username=s.username,
             password=s.password.get_secret_value() if s.password is not None else None,
             identifier=f"{TOPIC_ROOT}-{s.instance}",
+            protocol=aiomqtt.ProtocolVersion.V5,  # for retain-as-published on the command topic
             will=aiomqtt.Will(self.topics.status, offline.model_dump_json().encode(), qos=1, retain=True),
             keepalive=s.keepalive,
             timeout=5.0,
@@ -346,7 +353,7 @@ class ControlPlane:
         async with self._client() as client:
             self._n.connects += 1
             self._n.connected_since = time.monotonic()
-            await client.subscribe(self.topics.cmd, qos=1)
+            await client.subscribe(self.topics.cmd, options=SubscribeOptions(qos=1, retainAsPublished=True))
             for topic_filter in self._subscriptions:
                 await client.subscribe(topic_filter, qos=0)
             online = Status(state="online", instance=s.instance, version=__version__)
@@ -384,8 +391,9 @@ class ControlPlane:
         s = self.settings
         where = f"MQTT broker {s.host}:{s.port}"
         if isinstance(exc, MqttConnectError):
+            who = f"user {s.username!r}" if s.username is not None else "an anonymous client (no control.username)"
             text = (
-                f"{where} refused the login of user {s.username!r} ({exc}); check control.username and "
+                f"{where} refused the login of {who} ({exc}); check control.username and "
                 "control.password (BRAINHARMONIC_CONTROL__PASSWORD)."
             )
         elif self._n.connected_since is None:
@@ -411,13 +419,16 @@ class ControlPlane:
                 self._dispatch(message.topic, payload, arrived)
                 continue
             if message.retain:
-                # Only stored (stale) messages carry the retain flag on delivery: never act on them.
-                await self._reject(
-                    client,
-                    None,
-                    None,
-                    CommandError("payload", "was a retained message; send commands without retain"),
-                )
+                # Stored on the broker: it would be replayed at every restart, so it is never acted on.
+                if payload:  # an empty retained payload is how a stored command is cleared: nothing to say
+                    cid, kind = peek_id(payload, self.settings.max_payload)
+                    clear = f"mosquitto_pub -h {self.settings.host} -p {self.settings.port} -t {self.topics.cmd} -r -n"
+                    reason = (
+                        "was published with retain, so the broker stores it and would replay it on every restart; "
+                        f"send commands without retain, and clear the stored one with `{clear}` "
+                        "(an empty retained message)"
+                    )
+                    await self._reject(client, cid, kind, CommandError("payload", reason))
                 continue
             await self._handle(client, payload)
 

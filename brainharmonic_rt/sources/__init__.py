@@ -6,9 +6,22 @@ Names are imported lazily so that reading a file never loads liblsl.
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import Any
 
 from .base import Marker, Source
+
+
+def _quiet_liblsl() -> None:
+    """Before liblsl loads: unless the user configured liblsl, log only its errors (its INFO lines at every
+    start, and "Stream transmission broke off" at a normal stop, are noise to a performer)."""
+    own = (Path("lsl_api.cfg"), Path.home() / "lsl_api" / "lsl_api.cfg", Path("/etc/lsl_api/lsl_api.cfg"))
+    if "LSLAPICFG" not in os.environ and not any(p.is_file() for p in own):
+        os.environ["LSLAPICFG"] = str(Path(__file__).with_name("lsl_api.cfg"))
+
+
+_quiet_liblsl()
 
 _LAZY = {
     "LSLSource": "lsl",

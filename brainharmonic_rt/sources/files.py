@@ -9,6 +9,7 @@ fast as the consumer takes it, so offline rendering is deterministic.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -24,6 +25,8 @@ from ..errors import DataError
 from ..events import Chunk, SignalInfo
 from .base import Marker
 from .channel_map import ChannelMap
+
+log = logging.getLogger(__name__)
 
 #: File name endings MNE reads, and the reader for each.
 _READERS: dict[str, tuple[str, Callable[..., mne.io.BaseRaw]]] = {
@@ -124,7 +127,30 @@ def read_raw(
     except Exception as exc:
         raise _failure(path, kind, exc) from None
     _check_signal(raw, path)
+    if ext in (".edf", ".bdf"):
+        _say_if_truncated(path, raw)
     return raw
+
+
+def _say_if_truncated(path: Path, raw: mne.io.BaseRaw) -> None:
+    """One line when an EDF/BDF holds less than its header promises (MNE reads what is there, silently)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(256)
+        n_records, record_s = int(head[236:244].decode("ascii").strip()), float(head[244:252].decode("ascii").strip())
+    except (OSError, ValueError):
+        return
+    promised = n_records * record_s
+    held = raw.n_times / raw.info["sfreq"]
+    if n_records > 0 and held < promised - max(record_s, 1e-6):
+        log.warning(
+            "Recording %s is truncated: its header promises %.1f s but the file holds %.1f s; "
+            "playing the %.1f s that are there (re-export or re-download it for the rest).",
+            path,
+            promised,
+            held,
+            held,
+        )
 
 
 def _check_signal(raw: mne.io.BaseRaw, path: Path) -> None:

@@ -37,8 +37,22 @@ def read_fmri(path: str | Path, tr: float = HCP_TR, *, chunk_size: int = 1) -> A
         raise DataError(f"fMRI file {path} does not exist; check the path (e.g. .../fmri/<subject>/<run>.npy).")
     if path.suffix.lower() != ".npy":
         raise DataError(f"fMRI file {path} is not a .npy file; save the region time series with numpy.save.")
+    with path.open("rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise DataError(
+            f"fMRI file {path} is not a NumPy .npy file (no NumPy header: text, CSV or another format renamed?); "
+            "save the region time series with numpy.save."
+        )
     try:
         arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise DataError(f"Could not read {path} as a NumPy array ({exc}); re-create it with numpy.save.") from None
+        raise DataError(
+            f"fMRI file {path} holds Python objects, not numbers; save a float array (volumes × regions) "
+            "with numpy.save."
+        ) from None
     except Exception as exc:
         detail = " ".join(str(exc).split())[:160]
         raise DataError(
@@ -59,7 +73,7 @@ def read_fmri(path: str | Path, tr: float = HCP_TR, *, chunk_size: int = 1) -> A
         vol, reg = np.argwhere(bad)[0]
         raise DataError(
             f"fMRI file {path} has {int(bad.sum())} non-finite values "
-            f"(first at volume {vol}, region {reg + 1}); "
+            f"(first at volume {vol + 1}, region {reg + 1}, both counted from 1); "
             "clean or interpolate them before playing the run."
         )
     info = SignalInfo(
