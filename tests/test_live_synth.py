@@ -387,3 +387,29 @@ def test_record_audio_without_a_session_folder_is_refused() -> None:
     assert r.stderr.strip() == (
         "brainharmonic: error: --record-audio keeps the audio in the session folder; add --record DIR."
     )
+
+
+async def test_closing_mid_note_fades_out_without_a_click() -> None:
+    name = f"bh-synth-{uuid.uuid4().hex[:6]}"
+    sink = LiveSynthSink(_audio(name))
+    assert sink.start(), sink.problem
+    rec = JackRecorder(f"bh-rec-{uuid.uuid4().hex[:6]}")
+    rec.start(_ports(name))
+    try:
+        sink.open(LONG, 96.0)
+        for p in (55, 62, 67):
+            sink.send(mido.Message("note_on", channel=1, note=p, velocity=100), 0.0)
+        await asyncio.sleep(1.0)
+        closing = time.monotonic()
+        sink.close()  # notes still held: the fade must take them to silence before the ports go away
+        await asyncio.sleep(0.3)
+    finally:
+        sink.close()
+        rec.stop()
+    audio, rate = rec.audio, rec.rate
+    at = rec.frame_of_time(closing)
+    assert dbfs(audio[at - int(0.2 * rate) : at]) > -30, "the pad was sounding when the synth closed"
+    level = np.abs(audio[at:]).max(axis=1)
+    last = int(np.flatnonzero(level > 0)[-1])  # the last sample the synth's ports carried
+    tail = audio[at + max(0, last - int(0.002 * rate)) : at + last + 1]
+    assert dbfs(tail) < -50, f"the output ends at {dbfs(tail):.1f} dBFS: a click"
