@@ -31,7 +31,19 @@ from pydantic_settings import (
 from .errors import ConfigError
 
 ENV_PREFIX = "BRAINHARMONIC_"
-DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"  #: the small GM SoundFont (Debian timgm6mb-soundfont)
+#: GM SoundFonts looked for when none is given, best first: FluidR3_GM (Debian fluid-soundfont-gm, Fedora
+#: fluid-soundfont-gm, Homebrew), the distribution's default-GM link, then TimGM6mb.
+SOUNDFONT_CANDIDATES = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM2-2.sf2",
+    "/opt/homebrew/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/local/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+    DEFAULT_SOUNDFONT,
+)
 
 Hz = Annotated[float, Field(gt=0, le=100_000)]
 Seconds = Annotated[float, Field(ge=0, le=86_400)]
@@ -345,13 +357,62 @@ class OutputSettings(_Section):
         "brainharmonic", description="Name of a virtual MIDI port to open when no midi_port is given; none to skip."
     )
     midi_api: Literal["auto", "jack", "alsa", "coremidi", "winmm"] = "auto"
-    soundfont: Path = Field(Path(DEFAULT_SOUNDFONT), description="GM SoundFont for WAV rendering.")
+    soundfont: Path | None = Field(
+        None,
+        description="GM SoundFont for the live synth and WAV rendering; none = the best one installed "
+        "(FluidR3_GM, else TimGM6mb).",
+    )
     sample_rate: Annotated[int, Field(ge=8000, le=192_000)] = 44100
     midi_clock: bool = Field(
         False, description="Live runs: send MIDI clock (24 per beat) with Start/Stop on the MIDI port for DAWs/synths."
     )
     clock_in: str | None = Field(
         None, description="Live runs: name (or unique substring) of a MIDI input port whose clock sets the tempo."
+    )
+
+
+class AudioSettings(_Section):
+    """The embedded live synth (FluidSynth in-process): heard through the system's audio output."""
+
+    enabled: bool = Field(
+        True, description="Live runs: play through the speakers when an audio output exists and no midi_port is given."
+    )
+    driver: str = Field(
+        "auto",
+        pattern=r"^[a-z0-9]{1,16}$",
+        description="FluidSynth audio driver (jack, pipewire, pulseaudio, alsa, coreaudio, wasapi, dsound, ...); "
+        "auto = the first that starts.",
+    )
+    sample_rate: Annotated[int, Field(ge=8000, le=192_000)] = Field(
+        48000, description="Sample rate of the live synth (a JACK server's own rate wins)."
+    )
+    period_size: Annotated[int, Field(ge=16, le=8192)] = Field(
+        64, description="Frames per audio period (ALSA/PulseAudio; JACK uses its server's)."
+    )
+    periods: Annotated[int, Field(ge=2, le=64)] = Field(8, description="Audio periods buffered (ALSA/PulseAudio).")
+    jack_name: str = Field("brainharmonic-synth", min_length=1, description="JACK client name of the synth.")
+    reverb: bool = Field(True, description="FluidSynth's reverb.")
+    chorus: bool = Field(True, description="FluidSynth's chorus.")
+    peak_dbfs: Annotated[float, Field(ge=-40, le=0)] = Field(
+        -1.0, description="Gain staging: the loudest ensemble the polyphony cap allows peaks at or below this."
+    )
+    loudness: Annotated[float, Field(ge=-40, le=-6)] = Field(
+        -16.0, description="WAV renders are normalised to this integrated loudness (LUFS, ITU-R BS.1770)."
+    )
+    fade: Annotated[float, Field(ge=0, le=2)] = Field(0.05, description="Seconds of fade-out when the synth closes.")
+    record: bool = Field(False, description="Keep the synth's output as audio.flac in the session folder.")
+
+
+class LinkSettings(_Section):
+    """Ableton Link: tempo, bar phase (quantum 4) and start/stop shared with Link apps on the network."""
+
+    enabled: bool = Field(False, description="Join the Link session: our tempo and bar phase follow it.")
+    lead: bool = Field(False, description="Propose our brain-driven tempo changes to the session.")
+    smoothing: Annotated[float, Field(gt=0, le=10)] = Field(
+        1.0, description="Seconds over which a small phase error to the session is closed (large ones snap)."
+    )
+    max_adjust: Annotated[float, Field(gt=0, le=0.2)] = Field(
+        0.05, description="Largest tempo nudge (fraction) used to close a phase error."
     )
 
 
@@ -504,6 +565,8 @@ class Settings(BaseSettings):
     harmony: HarmonySettings = Field(default_factory=HarmonySettings)
     gestures: GestureSettings = Field(default_factory=GestureSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    link: LinkSettings = Field(default_factory=LinkSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)

@@ -96,7 +96,7 @@ def compiled_apis() -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """Silence C-level stderr (JACK / ALSA print their own errors) for a moment."""
     try:
         sys.stderr.flush()
@@ -139,7 +139,7 @@ def _open_client(api: str, kind: str, name: str) -> Any:
     rtmidi = _rtmidi()
     cls = rtmidi.MidiOut if kind == "out" else rtmidi.MidiIn
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             return cls(_api_ids()[api], name)
     except rtmidi.SystemError:
         raise SinkError(_unavailable(api)) from None
@@ -242,7 +242,7 @@ def connect(
         try:
             if port is None:
                 assert virtual is not None
-                with _quiet_stderr():
+                with quiet_stderr():
                     client.open_virtual_port(virtual)
                 return client, virtual, name
             names = list(client.get_ports())
@@ -258,7 +258,7 @@ def connect(
                 continue
             if configure is not None:
                 configure(client)
-            with _quiet_stderr():
+            with quiet_stderr():
                 client.open_port(hits[0], port_client_name or client_name)
             return client, names[hits[0]], name
         except BaseException:

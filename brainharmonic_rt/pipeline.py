@@ -36,7 +36,7 @@ from .events import BrainState, Chunk, Note, SignalInfo, Window
 from .music.composer import Composer
 from .music.harmony import BarPlan
 from .recording import SessionRecorder
-from .sinks.base import Sink
+from .sinks.base import RecordsAudio, Sink
 from .sinks.midiclock import ClockTrack
 from .sinks.scheduler import Scheduler
 from .sources.base import Source
@@ -447,6 +447,9 @@ class LivePipeline:
                 log.info("recording session to %s", self.recorder.folder)
                 for notice in engine.notices:
                     self.recorder.event("notice", message=notice)
+                for sink in self.sinks:  # the live synth keeps what it plays as audio.flac (--record-audio)
+                    if isinstance(sink, RecordsAudio):
+                        sink.record_to(self.recorder.folder)
             stack.callback(self._finish_recording)
             scheduler = self.scheduler = await stack.enter_async_context(Scheduler(self.sinks, realtime=True))
             engine.start(scheduler)
@@ -579,6 +582,11 @@ class LivePipeline:
         if self.recorder is not None:
             self.recorder.write_quality({"t": round(window.t_end, 3), "channels": channels})
 
+    def _notices(self) -> list[str]:
+        """One-line remarks a person should see: about the input, and why a sink plays nothing (no audio)."""
+        out = list(self.engine.notices) if self.engine is not None else []
+        return out + [p for p in (getattr(s, "problem", None) for s in self.sinks) if isinstance(p, str)]
+
     def snapshot(self) -> dict[str, Any]:
         """Health figures for logs and telemetry."""
         out: dict[str, Any] = {
@@ -599,7 +607,7 @@ class LivePipeline:
         if self.engine is not None:
             out["recomposed"] = self.engine.recomposed
             out["quality"] = self.quality
-            out["notices"] = list(self.engine.notices)
+            out["notices"] = self._notices()
             detector = self.engine.chain.inspector.artifacts if self.engine.chain.inspector is not None else None
             if detector is not None:
                 out["artifacts"] = dict(detector.counts)

@@ -29,6 +29,10 @@ os.environ["JACK_NO_START_SERVER"] = "1"  # never let a client autostart a serve
 # The tests' own JACK server, by name, so a server someone else runs (a studio setup, a benchmark at other
 # settings) is never used or disturbed. Every JACK client made here and in subprocesses connects to it.
 os.environ["JACK_DEFAULT_SERVER"] = f"bh-test-{uuid.uuid4().hex[:8]}"
+# Live runs play through the embedded synth by default (on the tests' JACK server, where one runs). Tests of
+# other features keep it off through the environment layer; the audio tests turn it on with --audio-driver
+# or by settings, and test_live_synth.py checks the default itself with this variable removed.
+os.environ["BRAINHARMONIC_AUDIO__ENABLED"] = "false"
 
 
 @pytest.fixture(scope="session")

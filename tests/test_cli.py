@@ -55,7 +55,7 @@ def test_render_is_deterministic_and_writes_everything(eegmat_dir: Path, tmp_pat
         (["render", "/nonexistent/x.edf", "--out", "x.mid"], 3, "does not exist|not found|No such"),
         (["render", "{garbage}", "--out", "x.mid"], 3, "garbage.edf"),
         (["config", "--show", "--config", "{badtoml}"], 2, "music.tempo"),
-        (["run", "--source-id", "bh-nothing-here", "--timeout", "1", "--no-midi"], 4, "bh-nothing-here"),
+        (["run", "--source-id", "bh-nothing-here", "--timeout", "1", "--no-midi", "--no-audio"], 4, "bh-nothing-here"),
     ],
 )
 def test_bad_input_gets_one_clear_line(tmp_path: Path, args: list[str], code: int, pattern: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import BrainharmonicError
+from . import audio
 from .common import LazyOptions, add_config, add_midi_clock, positive, settings_from
 from .live import live_source
 from .render import cmd_render
@@ -40,6 +41,7 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
         help="With --live: play a BrainFlow board live instead of the replayed recording (synthetic: no hardware).",
     )
     add_midi_clock(p)
+    audio.add_arguments(p)
     add_config(p)
     p.set_defaults(func=cmd_demo)
 
@@ -85,30 +87,43 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     from ..sources.lsl import LSLSource
     from ..sources.player import Replay
 
-    try:
-        outputs = [p for ports in list_ports().get("outputs", {}).values() for p in ports]
-    except BrainharmonicError:
-        outputs = []
-    port = args.midi_port or (outputs[0] if outputs else None)
-    if not args.live and port is None:
-        print("demo: no MIDI output port found, so no live playback (pass --live to open a virtual MIDI port).")
-        return 0
     sid = f"brainharmonic-demo-{uuid.uuid4().hex[:8]}"
-    settings = settings_from(
-        args,
-        stream={"source_id": sid, "timeout": 15.0},
-        music={"seed": args.seed},
-        output={
-            "midi_port": port,
+    sections: dict[str, dict[str, Any]] = {
+        "stream": {"source_id": sid, "timeout": 15.0},
+        "music": {"seed": args.seed},
+        "output": {
+            "midi_port": args.midi_port,
             "virtual_port": "brainharmonic-demo",
             "midi_clock": args.midi_clock,
             "clock_in": args.clock_in,
         },
+    }
+    settings = settings_from(args, **audio.add_sections(args, sections))
+    sinks = audio.audio_sinks(args, settings) if args.live else []  # heard through the speakers
+    port = args.midi_port
+    if port is None and not audio.midi_optional(settings, sinks):  # not heard: an existing synth or DAW?
+        try:
+            outputs = [p for ports in list_ports().get("outputs", {}).values() for p in ports]
+        except BrainharmonicError:
+            outputs = []
+        port = outputs[0] if outputs else None
+    if not args.live and port is None:
+        print("demo: no MIDI output port found, so no live playback (pass --live to hear it through the speakers).")
+        return 0
+    settings.output.midi_port = port
+    optional = audio.midi_optional(settings, sinks)
+    sinks.append(
+        RtMidiSink(
+            port=port,
+            virtual_name=None if port else "brainharmonic-demo",
+            api=settings.output.midi_api,
+            optional=optional,
+        )
     )
-    sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
     out = Path(args.out)
+    heard = audio.describe(sinks)
     if getattr(args, "board", None):
-        return _demo_board(args, settings, sink, out, port)
+        return _demo_board(args, settings, sinks, out, port, heard)
 
     async def main() -> LivePipeline:
         replay = Replay([rest, task], name="brainharmonic-demo", source_id=sid, seconds=args.seconds)
@@ -116,7 +131,7 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
             pipe = LivePipeline(
                 settings,
                 LSLSource(settings.stream),
-                [sink],
+                sinks,
                 record_root=out / "sessions",
                 duration=replay.duration,
             )
@@ -124,8 +139,9 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
             where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
-            print(f"demo: live playback through LSL to {where} for {replay.duration:.0f} s (Ctrl-C stops)")
-            await pipe.run()
+            print(f"demo: live playback through LSL to {heard} and {where} for {replay.duration:.0f} s (Ctrl-C stops)")
+            async with audio.live_context(pipe, settings):
+                await pipe.run()
             return pipe
 
     pipe = asyncio.run(main())
@@ -134,12 +150,14 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
     return 0
 
 
-def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Path, port: str | None) -> int:
+def _demo_board(
+    args: argparse.Namespace, settings: Settings, sinks: list[Any], out: Path, port: str | None, heard: str
+) -> int:
     """``demo --live --board NAME``: a BrainFlow board (``synthetic`` needs no hardware) played live."""
     from ..pipeline import LivePipeline
 
     settings = Settings.model_validate(settings.model_dump() | {"board": {"name": args.board}})
-    pipe = LivePipeline(settings, live_source(settings), [sink], record_root=out / "sessions", duration=args.seconds)
+    pipe = LivePipeline(settings, live_source(settings), sinks, record_root=out / "sessions", duration=args.seconds)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -147,8 +165,9 @@ def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Pa
             loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
         where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
         length = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
-        print(f"demo: BrainFlow board '{args.board}' live to {where} {length}")
-        await pipe.run()
+        print(f"demo: BrainFlow board '{args.board}' live to {heard} and {where} {length}")
+        async with audio.live_context(pipe, settings):
+            await pipe.run()
 
     asyncio.run(main())
     folder = pipe.recorder.folder if pipe.recorder else "-"

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import Settings, load_settings, settings_to_toml
 from ..errors import ConfigError
+from . import audio
 from .common import (
     LazyOptions,
     add_channel_options,
@@ -49,6 +50,7 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     )
     add_lazy(p, "brainharmonic_rt.sources.brainflow", "add_board_arguments", lazy)
     add_midi_clock(p)
+    audio.add_arguments(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
     mqtt.add_argument("--instance", metavar="NAME", help="Instance name; topics live under brainharmonic/NAME/.")
@@ -125,13 +127,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         "record": {"dir": args.record},
         "control": control_overrides(args),
     }
-    settings = settings_from(args, **sections)
+    settings = settings_from(args, **audio.add_sections(args, sections))
     if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
         raise ConfigError(
             "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
             "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
         )
-    sinks: list[Any] = []
+    sinks: list[Any] = audio.audio_sinks(args, settings, recording=settings.record.dir is not None)
     if not args.no_midi:
         from ..sinks.rtmidi_port import RtMidiSink
 
@@ -140,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 port=settings.output.midi_port,
                 virtual_name=settings.output.virtual_port,
                 api=settings.output.midi_api,
+                optional=audio.midi_optional(settings, sinks),
             )
         )
     if args.mid:
@@ -156,15 +159,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, pipeline.stop, signal.Signals(sig).name)
-        if not settings.control.enabled:
-            await pipeline.run()
-            return
-        from ..control.live import LiveControl
+        async with audio.live_context(pipeline, settings):  # Ableton Link (--link)
+            if not settings.control.enabled:
+                await pipeline.run()
+                return
+            from ..control.live import LiveControl
 
-        overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
-        config_file = Path(args.config) if args.config else None
-        async with LiveControl(pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}):
-            await pipeline.run()
+            overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+            config_file = Path(args.config) if args.config else None
+            async with LiveControl(
+                pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}
+            ):
+                await pipeline.run()
 
     asyncio.run(main())
     snap = pipeline.snapshot()

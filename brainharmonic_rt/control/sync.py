@@ -73,11 +73,44 @@ class Clocked(Protocol):
     def degree(self) -> int: ...
     def beat_at(self, t: float) -> float: ...
     def time_of_beat(self, beat: float) -> float: ...
-    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None: ...
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None, pin: bool = True) -> None: ...
     def set_key(self, key: str, scale: str | None = None) -> None: ...
     def chord_name(self, degree: int | None = None) -> str: ...
     def chord_plan(self) -> list[tuple[int, int]]: ...
     def follow_chords(self, plan: dict[int, int]) -> None: ...
+
+
+class Phased(Protocol):
+    """What a phase correction needs from a composer."""
+
+    def beat_at(self, t: float) -> float: ...
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None, pin: bool = True) -> None: ...
+
+
+def correct_phase(
+    composer: Phased,
+    at: float,
+    target: float,
+    tempo: float,
+    *,
+    snap: bool,
+    smoothing: float,
+    max_adjust: float,
+    pin: bool = True,
+) -> tuple[float, bool]:
+    """Bring the composer's beat position at music time ``at`` onto ``target`` at ``tempo`` BPM.
+
+    An error above ``SNAP_BEATS`` (or ``snap``) jumps the grid to ``target`` at once; a smaller one is
+    closed over ``smoothing`` s by a tempo nudge of at most ``max_adjust`` (a first-order loop). Shared
+    by the MQTT beat sync and Ableton Link. Returns (error in beats before the correction, snapped).
+    """
+    error = composer.beat_at(at) - target  # beats; > 0: we are ahead
+    if snap or abs(error) > SNAP_BEATS:
+        composer.retime(at, tempo, beat=target, pin=pin)
+        return error, True
+    nudge = max(-max_adjust, min(max_adjust, -error * (60.0 / tempo) / smoothing))
+    composer.retime(at, min(300.0, max(20.0, tempo * (1.0 + nudge))), pin=pin)
+    return error, False
 
 
 @dataclass
@@ -196,15 +229,14 @@ class BeatSync:
         target = self._target(ref, origin + at)
         if target < 0:  # the reference's first beat is still ahead of our frontier
             return None
-        error = composer.beat_at(at) - target  # beats; > 0: we are ahead
-        beat_s = 60.0 / b.tempo
-        if snap or self._locked_to != b.instance or abs(error) > SNAP_BEATS:
-            composer.retime(at, b.tempo, beat=target)
+        first = snap or self._locked_to != b.instance
+        error, snapped = correct_phase(
+            composer, at, target, b.tempo, snap=first, smoothing=self.smoothing, max_adjust=self.max_adjust
+        )
+        if snapped:
             self.snaps += 1
             self._locked_to = b.instance
-        else:
-            nudge = max(-self.max_adjust, min(self.max_adjust, -error * beat_s / self.smoothing))
-            composer.retime(at, min(300.0, max(20.0, b.tempo * (1.0 + nudge))))
+        beat_s = 60.0 / b.tempo
         composer.follow_chords({bar: degree for bar, degree, _ in b.chord_plan})
         self._applied = (b.tempo, b.key, b.scale)
         err_ms = error * beat_s * 1000.0

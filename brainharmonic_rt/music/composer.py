@@ -139,15 +139,17 @@ class Composer(ABC, Generic[V]):
         if other._temperature is not None:
             self.set_temperature(other._temperature)
 
-    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None) -> None:
+    def retime(self, at: float, tempo: float | None = None, *, beat: float | None = None, pin: bool = True) -> None:
         """From music time ``at`` on, play at ``tempo`` BPM; the grid phase continues unless ``beat`` is
         given, in which case the beat position at ``at`` jumps to ``beat`` (a leader's numbering).
 
         A tempo set from outside (a user, a leader, an incoming MIDI clock) pins it: the plan stops
-        moving the tempo with the brain.
+        moving the tempo with the brain. ``pin=False`` (a phase nudge while our brain leads an Ableton
+        Link session) leaves the plan free.
         """
         self._timeline.retime(at, self.tempo if tempo is None else float(tempo), beat=beat)
-        self.plan.pin_tempo()
+        if pin:
+            self.plan.pin_tempo()
 
     def set_key(
         self, key: str, scale: str | None = None, *, registers: dict[str, tuple[int, int]] | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import mido
@@ -41,6 +42,14 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Leave the synth silent (all notes off on used channels) and free resources; idempotent."""
+
+
+@runtime_checkable
+class RecordsAudio(Protocol):
+    """A sink that can keep what it plays as audio in the session folder (the live synth)."""
+
+    def record_to(self, folder: Path) -> None:
+        """Start keeping the audio in ``folder`` (if the sink was asked to record)."""
 
 
 def open_sink(kind: str, **kw: Any) -> Sink:

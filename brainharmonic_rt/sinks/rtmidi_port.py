@@ -6,6 +6,7 @@ port other programs (a synth, a DAW) can connect to (port plumbing: ``midiports`
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -16,6 +17,8 @@ from ..config import InstrumentSettings
 from ..errors import SinkError
 from ..midiports import connect
 from .base import NoteTracker, program_changes
+
+log = logging.getLogger("brainharmonic")
 
 _JACK_FLUSH = 0.05  # s: > 2 periods of 1024 frames at 48 kHz
 
@@ -30,6 +33,8 @@ class RtMidiSink:
     api : "auto" (first compiled API that works and, with ``port``, has it), "jack", "alsa",
         "coremidi" or "winmm".
     client_name : MIDI client name (JACK shows ports as ``client:port``).
+    optional : a port that cannot be opened is one warning and the sink plays nothing, instead of an
+        error (a virtual port next to the embedded synth, which is heard anyway).
     """
 
     wants_clock = True  #: the Scheduler sends MIDI clock and transport here (a DAW may follow them)
@@ -40,7 +45,9 @@ class RtMidiSink:
         virtual_name: str | None = "brainharmonic",
         api: str = "auto",
         client_name: str = "brainharmonic",
+        optional: bool = False,
     ) -> None:
+        self.optional = optional
         self.port = port
         self.virtual_name = virtual_name
         self.api = api
@@ -58,16 +65,23 @@ class RtMidiSink:
             raise SinkError("This MIDI output is already open; close it before opening it again.")
         if self.port is None and self.virtual_name is None:
             raise SinkError("No MIDI output chosen; pass --midi-port NAME or --virtual-port NAME.")
-        out, self.port_name, self.api_used = connect(
-            self.api,
-            "out",
-            self.client_name,
-            self.port,
-            virtual=self.virtual_name,
-            label="output",
-            ambiguous_hint="",
-            missing_hint="pick one of those with --midi-port, or open a virtual port with --virtual-port NAME.",
-        )
+        try:
+            out, self.port_name, self.api_used = connect(
+                self.api,
+                "out",
+                self.client_name,
+                self.port,
+                virtual=self.virtual_name,
+                label="output",
+                ambiguous_hint="",
+                missing_hint="pick one of those with --midi-port, or open a virtual port with --virtual-port NAME.",
+            )
+        except SinkError as exc:
+            if not self.optional:
+                raise
+            log.warning("No MIDI port for other programs: %s The synth plays on.", exc)
+            self._closed = True
+            return
         self._out, self._closed = out, False
         self._tracker.channels.update(i.channel for i in instruments.values())
         for msg in program_changes(instruments):  # before any note
@@ -77,6 +91,8 @@ class RtMidiSink:
         """Send now (the Scheduler chose the moment); ``music_time`` is ignored."""
         with self._lock:
             if self._out is None:
+                if self.optional and self._closed:  # an optional port that could not be opened
+                    return
                 raise SinkError("The MIDI output is not open; open() it before sending.")
             self._tracker.update(msg)
             self._out.send_message(msg.bytes())

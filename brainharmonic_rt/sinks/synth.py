@@ -1,7 +1,10 @@
 """Offline audio: FluidSynth renders notes (or a session's messages) to a 16-bit stereo WAV.
 
-The synth runs without an audio driver: samples are pulled with ``get_samples``
-between event times, so rendering is exact to the sample and as fast as the CPU allows.
+The synth runs without an audio driver: float samples are pulled between event times, so
+rendering is exact to the sample and as fast as the CPU allows. The SoundFont, reverb and chorus
+are the live synth's (:class:`~.fluid.Synth`); the result is loudness-normalised to
+``loudness`` LUFS (ITU-R BS.1770) with a look-ahead limiter holding peaks at ``peak_dbfs``, and
+faded in and out so it starts and ends without a click (:mod:`.audio`).
 """
 
 from __future__ import annotations
@@ -11,108 +14,89 @@ import threading
 import wave
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import mido
 import numpy as np
 
-from ..config import DEFAULT_SOUNDFONT, InstrumentSettings
+from ..config import InstrumentSettings
 from ..errors import SinkError
 from ..events import Note
-from ..music.constants import DRUM_CHANNEL
+from .audio import fade, normalise_loudness
 from .base import program_changes
+from .fluid import Synth, apply, check_soundfont, resolve_soundfont
 from .midifile import _check_writable
 
-_BLOCK = 65_536  # frames per get_samples call
-_DRUM_BANK = 128
+_BLOCK = 65_536  # frames per render call
+#: FluidSynth's gain while rendering: low enough that no ensemble clips the float mix before normalising.
+_RENDER_GAIN = 0.2
 
-
-def _fluidsynth() -> Any:
-    try:
-        import fluidsynth
-    except (ImportError, OSError) as exc:
-        raise SinkError(
-            f"The FluidSynth library cannot be loaded ({exc}); install it with `apt install fluidsynth` "
-            "(or `brew install fluid-synth`)."
-        ) from None
-    return fluidsynth
-
-
-def check_soundfont(soundfont: str | os.PathLike[str]) -> Path:
-    """The SoundFont path, or :class:`SinkError` saying how to get one."""
-    sf = Path(soundfont)
-    if not sf.is_file():
-        raise SinkError(
-            f"SoundFont {sf} does not exist; install one with `apt install timgm6mb-soundfont` "
-            "or pass --soundfont PATH to a General MIDI .sf2."
-        )
-    return sf
+__all__ = ["SynthSink", "check_soundfont", "render_events", "render_wav"]
 
 
 def render_events(
     events: Sequence[tuple[float, mido.Message]],
     path: str | os.PathLike[str],
     *,
-    soundfont: str | os.PathLike[str] = DEFAULT_SOUNDFONT,
+    soundfont: str | os.PathLike[str] | None = None,
     sample_rate: int = 44100,
     tail: float = 1.5,
-    gain: float = 0.4,
+    loudness: float | None = -16.0,
+    peak_dbfs: float = -1.0,
+    reverb: bool = True,
+    chorus: bool = True,
 ) -> Path:
     """Render timed messages (music seconds, in order) to a WAV; returns its path.
 
-    ``tail`` seconds are rendered after the last event so releases and reverb ring out.
+    ``tail`` seconds are rendered after the last event so releases and reverb ring out. ``soundfont``
+    None = the best GM SoundFont installed; ``loudness`` None skips normalisation (peaks are still
+    limited to ``peak_dbfs``).
     """
     out = Path(path)
-    sf = check_soundfont(soundfont)
+    sf = resolve_soundfont(soundfont)
     _check_writable(out, "WAV file")
-    fs = _fluidsynth()
-    synth = fs.Synth(gain=gain, samplerate=float(sample_rate))
+    synth = Synth(sf, sample_rate=float(sample_rate), gain=_RENDER_GAIN, reverb=reverb, chorus=chorus)
     try:
-        sfid = synth.sfload(str(sf))
-        if sfid < 0:
-            raise SinkError(f"SoundFont {sf} cannot be loaded by FluidSynth; is it a valid .sf2 file?")
-        for ch in range(16):  # GM defaults until a program change says otherwise
-            synth.program_select(ch, sfid, _DRUM_BANK if ch == DRUM_CHANNEL else 0, 0)
         blocks: list[np.ndarray] = []
         cursor = 0
         for t, msg in sorted(events, key=lambda e: e[0]):  # stable: equal times keep their order
             target = round(max(0.0, t) * sample_rate)
             cursor = _pull(synth, blocks, cursor, target)
-            _apply(synth, sfid, msg)
+            apply(synth, msg)
         _pull(synth, blocks, cursor, cursor + round(tail * sample_rate))
     finally:
         synth.delete()
-    audio = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int16)
+    audio = np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.float32)
+    audio = finish(audio, sample_rate, loudness=loudness, peak_dbfs=peak_dbfs)
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     try:
         with wave.open(str(out), "wb") as wav:
             wav.setnchannels(2)
             wav.setsampwidth(2)
             wav.setframerate(sample_rate)
-            wav.writeframes(audio.astype("<i2").tobytes())
+            wav.writeframes(pcm.tobytes())
     except OSError as exc:
         raise SinkError(f"Cannot write WAV file {out}: {exc.strerror or exc}.") from None
     return out
 
 
-def _pull(synth: Any, blocks: list[np.ndarray], cursor: int, target: int) -> int:
-    """Render frames [cursor, target) into ``blocks`` (interleaved stereo int16)."""
+def finish(audio: np.ndarray, sample_rate: float, *, loudness: float | None, peak_dbfs: float) -> np.ndarray:
+    """Loudness-normalised (or only peak-limited), faded in and out: what a render writes."""
+    from .audio import limit
+
+    if loudness is None:
+        audio = limit(audio.astype(np.float64), sample_rate, 10 ** (peak_dbfs / 20))
+    else:
+        audio, _ = normalise_loudness(audio, sample_rate, loudness, peak_dbfs)
+    return fade(audio, sample_rate)
+
+
+def _pull(synth: Synth, blocks: list[np.ndarray], cursor: int, target: int) -> int:
+    """Render frames [cursor, target) into ``blocks`` (float32, shape (frames, 2))."""
     while cursor < target:
         n = min(_BLOCK, target - cursor)
-        blocks.append(np.asarray(synth.get_samples(n), dtype=np.int16))
+        blocks.append(synth.render(n))
         cursor += n
     return cursor
-
-
-def _apply(synth: Any, sfid: int, msg: mido.Message) -> None:
-    if msg.type == "note_on" and msg.velocity > 0:
-        synth.noteon(msg.channel, msg.note, msg.velocity)
-    elif msg.type in ("note_off", "note_on"):
-        synth.noteoff(msg.channel, msg.note)
-    elif msg.type == "program_change":
-        bank = _DRUM_BANK if msg.channel == DRUM_CHANNEL else 0
-        synth.program_select(msg.channel, sfid, bank, msg.program)
-    elif msg.type == "control_change":
-        synth.cc(msg.channel, msg.control, msg.value)
 
 
 def render_wav(
@@ -120,16 +104,20 @@ def render_wav(
     instruments: Mapping[str, InstrumentSettings],
     path: str | os.PathLike[str],
     *,
-    soundfont: str | os.PathLike[str] = DEFAULT_SOUNDFONT,
+    soundfont: str | os.PathLike[str] | None = None,
     sample_rate: int = 44100,
     tail: float = 1.5,
+    loudness: float | None = -16.0,
+    peak_dbfs: float = -1.0,
 ) -> Path:
-    """Render notes with each instrument's program to a 16-bit stereo WAV; returns its path."""
+    """Render notes with each instrument's program to a 16-bit stereo WAV (see :func:`render_events`)."""
     from .scheduler import events_from_notes
 
-    check_soundfont(soundfont)
+    resolve_soundfont(soundfont)
     events = events_from_notes(notes, instruments)
-    return render_events(events, path, soundfont=soundfont, sample_rate=sample_rate, tail=tail)
+    return render_events(
+        events, path, soundfont=soundfont, sample_rate=sample_rate, tail=tail, loudness=loudness, peak_dbfs=peak_dbfs
+    )
 
 
 class SynthSink:
@@ -138,12 +126,12 @@ class SynthSink:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        soundfont: str | os.PathLike[str] = DEFAULT_SOUNDFONT,
+        soundfont: str | os.PathLike[str] | None = None,
         sample_rate: int = 44100,
         tail: float = 1.5,
     ) -> None:
         self.path = Path(path)
-        self.soundfont = Path(soundfont)
+        self.soundfont = None if soundfont is None else Path(soundfont)
         self.sample_rate = sample_rate
         self.tail = tail
         self._events: list[tuple[float, mido.Message]] = []
@@ -153,7 +141,7 @@ class SynthSink:
 
     def open(self, instruments: dict[str, InstrumentSettings], tempo: float) -> None:
         """Checks the SoundFont and the output folder now, not after the session."""
-        check_soundfont(self.soundfont)
+        self.soundfont = resolve_soundfont(self.soundfont)
         _check_writable(self.path, "WAV file")
         self._events = [(0.0, m) for m in program_changes(instruments)]
         self._open, self._closed = True, False
