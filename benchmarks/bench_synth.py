@@ -100,11 +100,10 @@ def onsets(audio: np.ndarray, rate: float) -> np.ndarray:
 
 
 async def latency_run(n_notes: int, soundfont: str | None, seed: int) -> dict[str, object]:
-    from brainharmonic_rt.music.clock import Scheduler
-
     from brainharmonic_rt.config import AudioSettings, InstrumentSettings
     from brainharmonic_rt.events import Note
     from brainharmonic_rt.sinks.live_synth import LiveSynthSink
+    from brainharmonic_rt.sinks.scheduler import Scheduler
 
     name = f"bench-synth-{uuid.uuid4().hex[:4]}"
     sink = LiveSynthSink(AudioSettings(driver="jack", jack_name=name), soundfont)

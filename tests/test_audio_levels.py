@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pyloudnorm
 import pytest
-from brainharmonic_rt.music.clock import events_from_notes
 
 from brainharmonic_rt.config import DEFAULT_SOUNDFONT, InstrumentSettings, load_settings
 from brainharmonic_rt.events import Note
 from brainharmonic_rt.pipeline import render
 from brainharmonic_rt.sinks.audio import limit, normalise_loudness, staged_gain, stress_messages
 from brainharmonic_rt.sinks.fluid import Synth, apply, find_soundfont
+from brainharmonic_rt.sinks.scheduler import events_from_notes
 from brainharmonic_rt.sinks.synth import render_wav
 from brainharmonic_rt.sources.files import open_recordings
 

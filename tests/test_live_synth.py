@@ -17,7 +17,6 @@ from pathlib import Path
 import mido
 import numpy as np
 import pytest
-from brainharmonic_rt.music.clock import Scheduler
 
 from brainharmonic_rt.config import AudioSettings, InstrumentSettings, load_settings
 from brainharmonic_rt.errors import ConfigError
@@ -28,6 +27,7 @@ from brainharmonic_rt.sinks.audio import AudioUnavailable, start_output
 from brainharmonic_rt.sinks.audio_record import read_recording
 from brainharmonic_rt.sinks.fluid import Synth, find_soundfont
 from brainharmonic_rt.sinks.live_synth import LiveSynthSink
+from brainharmonic_rt.sinks.scheduler import Scheduler
 from brainharmonic_rt.sources.lsl import LSLSource
 
 from .audioutil import JackRecorder, dbfs, onsets, silent_after
