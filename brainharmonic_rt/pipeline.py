@@ -445,7 +445,7 @@ class LivePipeline:
             if self.record_root is not None:
                 self.recorder = stack.enter_context(SessionRecorder(self.record_root, self.settings, self.source.info))
                 log.info("recording session to %s", self.recorder.folder)
-                for notice in engine.notices:
+                for notice in self._notices():
                     self.recorder.event("notice", message=notice)
                 for sink in self.sinks:  # the live synth keeps what it plays as audio.flac (--record-audio)
                     if isinstance(sink, RecordsAudio):

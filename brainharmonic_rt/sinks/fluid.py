@@ -28,6 +28,8 @@ from ..music.constants import DRUM_CHANNEL
 
 log = logging.getLogger("brainharmonic.fluidsynth")
 
+#: FluidSynth's default wet levels (synth.reverb.level, synth.chorus.level)
+_REVERB_LEVEL, _CHORUS_LEVEL = 0.9, 2.0
 DRUM_BANK = 128  #: SoundFont bank of the GM drum kits
 _LOG_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.DEBUG, 4: logging.DEBUG}
 
@@ -45,6 +47,8 @@ class _Lib:
         self.delete_driver = self._fn(lib, "delete_fluid_audio_driver", None, vp)
         self.set_gain = self._fn(lib, "fluid_synth_set_gain", None, vp, f)
         self.get_gain = self._fn(lib, "fluid_synth_get_gain", f, vp)
+        self.reverb_level = self._fn(lib, "fluid_synth_set_reverb_group_level", i, vp, i, d)
+        self.chorus_level = self._fn(lib, "fluid_synth_set_chorus_group_level", i, vp, i, d)
         self.cpu_load = self._fn(lib, "fluid_synth_get_cpu_load", d, vp)
         self.active_voices = self._fn(lib, "fluid_synth_get_active_voice_count", i, vp)
         fp = ctypes.POINTER(ctypes.c_float)
@@ -236,6 +240,12 @@ class Synth:
 
     def set_gain(self, gain: float) -> None:
         self.c.set_gain(self.handle, ctypes.c_float(max(0.0, gain)))
+
+    def set_effects_level(self, share: float) -> None:
+        """Wet level of reverb and chorus as a share (0..1) of FluidSynth's defaults: their tails ring on
+        after the gain reaches 0, so a fade-out takes them down too."""
+        self.c.reverb_level(self.handle, -1, ctypes.c_double(_REVERB_LEVEL * max(0.0, share)))
+        self.c.chorus_level(self.handle, -1, ctypes.c_double(_CHORUS_LEVEL * max(0.0, share)))
 
     @property
     def gain(self) -> float:

@@ -31,6 +31,7 @@ from .fluid import Synth, apply, resolve_soundfont
 
 log = logging.getLogger("brainharmonic")
 
+_SILENT_TAIL = 0.05  # s of silence played before the driver stops
 _FADE_STEPS = 16
 
 
@@ -201,12 +202,15 @@ class LiveSynthSink:
             synth.delete()
 
     def _fade(self, synth: Synth) -> None:
-        """Ramp the master gain to 0 (a driver stopped mid-sound would click)."""
+        """Ramp the master gain and the reverb and chorus tails to 0 (a driver stopped mid-sound would click)."""
         seconds = self.audio.fade
         start = synth.gain
         for k in range(1, _FADE_STEPS + 1):
             synth.set_gain(start * (1.0 - k / _FADE_STEPS))
+            synth.set_effects_level(1.0 - k / _FADE_STEPS)
             time.sleep(seconds / _FADE_STEPS)
+        # The driver renders a few periods ahead: let those with gain 0 reach the output before it stops.
+        time.sleep(_SILENT_TAIL)
 
     def status(self) -> dict[str, Any]:
         """For health telemetry: driver, SoundFont, gain, load."""
