@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from .config import Settings, load_settings, settings_to_toml
 from .errors import BrainharmonicError, ConfigError, DataError
+from .surfaces import add_surface_arguments, live_surfaces, osc_source, surface_overrides
 
 log = logging.getLogger("brainharmonic")
 
@@ -271,6 +272,7 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
             "midi_clock": args.midi_clock,
             "clock_in": args.clock_in,
         },
+        **surface_overrides(args),
     )
     sink = RtMidiSink(port=port, virtual_name=None if port else "brainharmonic-demo", api=settings.output.midi_api)
     out = Path(args.out)
@@ -292,7 +294,8 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
                 loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
             where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
             print(f"demo: live playback through LSL to {where} for {replay.duration:.0f} s (Ctrl-C stops)")
-            await pipe.run()
+            async with live_surfaces(pipe):
+                await pipe.run()
             return pipe
 
     pipe = asyncio.run(main())
@@ -302,17 +305,17 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
 
 
 def _live_source(settings: Settings) -> Any:
-    """The live source the settings name: a BrainFlow board ([board] name) or an LSL stream, seen
-    through ``[signal] channels`` when given."""
+    """The live source the settings name: OSC in ([osc] listen), a BrainFlow board ([board] name) or an LSL
+    stream, seen through ``[signal] channels`` when given."""
     from .sources.channel_map import MappedSource, maybe_map
 
-    source: Any
-    if settings.board.name is not None:
+    source: Any = osc_source(settings)
+    if source is None and settings.board.name is not None:
         from .sources.brainflow import BrainFlowSource, describe
 
         describe(settings.board)  # a bad board name or missing parameter fails here, in one sentence
         source = BrainFlowSource(settings.board, settings.stream)
-    else:
+    elif source is None:
         from .sources.lsl import LSLSource
 
         source = LSLSource(settings.stream)
@@ -334,7 +337,8 @@ def _demo_board(args: argparse.Namespace, settings: Settings, sink: Any, out: Pa
         where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
         length = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
         print(f"demo: BrainFlow board '{args.board}' live to {where} {length}")
-        await pipe.run()
+        async with live_surfaces(pipe):
+            await pipe.run()
 
     asyncio.run(main())
     folder = pipe.recorder.folder if pipe.recorder else "-"
@@ -360,12 +364,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         "record": {"dir": args.record},
         "control": _control_overrides(args),
+        **surface_overrides(args),
     }
     settings = _settings(args, **sections)
-    if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
+    selected = settings.stream.name or settings.stream.type or settings.stream.source_id
+    if settings.board.name is None and settings.osc.listen is None and not selected:
         raise BrainharmonicError(
-            "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
-            "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
+            "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them), "
+            "--board NAME for a BrainFlow headset (--board synthetic needs no hardware) or --osc-in PORT for a Muse "
+            "through Mind Monitor."
         )
     sinks: list[Any] = []
     if not args.no_midi:
@@ -392,14 +399,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, pipeline.stop, signal.Signals(sig).name)
-        if not settings.control.enabled:
-            await pipeline.run()
-            return
-        from .control.live import LiveControl
-
         overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
         config_file = Path(args.config) if args.config else None
-        async with LiveControl(pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}):
+        async with live_surfaces(
+            pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}
+        ):
             await pipeline.run()
 
     asyncio.run(main())
@@ -577,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="With --live: play a BrainFlow board live instead of the replayed recording (synthetic: no hardware).",
     )
     _add_midi_clock(p)
+    add_surface_arguments(p)
     _add_config(p)
     p.set_defaults(func=cmd_demo)
 
@@ -608,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--instance", metavar="NAME", help="Instance name; topics live under brainharmonic/NAME/.")
     mqtt.add_argument("--lead", action="store_true", help="Publish this instance's beat clock for followers.")
     mqtt.add_argument("--follow", metavar="NAME", help="Follow the beat clock of instance NAME.")
+    add_surface_arguments(p)
     _add_music(p)
     _add_config(p)
     p.set_defaults(func=cmd_run)
