@@ -62,6 +62,8 @@ COOKIE = "bh_token"
 MIN_FRAME_INTERVAL = 0.05
 #: Largest websocket message a client may send (acknowledgements are tiny).
 MAX_CLIENT_MESSAGE = 256
+#: Most bytes of a command body read at all; up to this a too-big command is refused exactly as over MQTT.
+MAX_BODY = 1 << 20
 #: Seconds a command may take to apply before it is abandoned (as over MQTT).
 HANDLER_TIMEOUT = 5.0
 
@@ -495,7 +497,10 @@ class WebSurface:
                 f"{client}; wait a moment and send it again",
                 None,
             )
-        body = await _read_at_most(request.stream(), self.max_payload + 1)
+        body = await _read_at_most(request.stream(), MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            self.counters["refused"] += 1
+            return _error(413, f"is over {MAX_BODY} bytes, far over the limit of {self.max_payload} bytes", "payload")
         assert self.handler is not None
         reply = await execute(self.handler, body, max_bytes=self.max_payload, timeout=HANDLER_TIMEOUT)
         if isinstance(reply, ErrorReply):
@@ -560,7 +565,7 @@ def _refused(status: int, text: str) -> Response:
 
 
 async def _read_at_most(stream: AsyncIterator[bytes], limit: int) -> bytes:
-    """The request body, but never more than ``limit`` bytes of it (a huge body is cut, then refused as too big)."""
+    """The request body, but never more than ``limit`` bytes of it (a huge body is cut, then refused)."""
     parts: list[bytes] = []
     size = 0
     async for chunk in stream:

@@ -158,11 +158,15 @@ class LiveView:
         return self._health[1]
 
     def _calibration(self, state: BrainState | None) -> dict[str, Any]:
+        """How far the baseline calibration is (the brain's normaliser knows; the state says whether it is over)."""
         baseline = self.pipeline.settings.signal.baseline
-        if state is None:
-            return {"calibrating": True, "progress": 0.0, "baseline_s": baseline}
-        progress = 1.0 if not state.calibrating or baseline <= 0 else min(1.0, max(0.0, state.t_end / baseline))
-        return {"calibrating": state.calibrating, "progress": round(progress, 3), "baseline_s": baseline}
+        engine = self.pipeline.engine
+        normalizer = getattr(engine.brain, "normalizer", None) if engine is not None else None
+        progress = float(getattr(normalizer, "progress", 0.0))
+        if state is not None and not state.calibrating:
+            progress = 1.0
+        calibrating = state is None or state.calibrating
+        return {"calibrating": calibrating, "progress": round(progress, 3), "baseline_s": baseline}
 
     def _instruments(self) -> dict[str, Any]:
         p = self.pipeline
