@@ -433,7 +433,7 @@ def split_host_port(text: str, default_host: str | None = None) -> tuple[str, in
     t = text.strip()
     host, sep, port = t.rpartition(":")
     if not sep:
-        host, port = "", t
+        host, port = ("", t) if t.isdigit() else (t, "")
     host = host.strip().removeprefix("[").removesuffix("]")
     if not host:
         if default_host is None:

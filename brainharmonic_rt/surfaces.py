@@ -77,7 +77,7 @@ async def live_surfaces(
     *,
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-    announce: Any = print,
+    announce: Any = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Run the surfaces the settings ask for around the body (``async with live_surfaces(p): await p.run()``).
 
@@ -104,9 +104,14 @@ async def live_surfaces(
                 overrides=overrides,
             )
             entered["web"] = await stack.enter_async_context(web)
-            announce(f"web page: {web.url}{' (read-only)' if settings.web.readonly else ''}")
+            line = f"web page: {web.url}{' (read-only)' if settings.web.readonly else ''}"
+            (announce or _say)(line)
         if settings.osc.targets:
             from .control.osc import OscOut
 
             entered["osc"] = await stack.enter_async_context(OscOut(pipeline, settings.osc))
         yield entered
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # a supervisor or a test reads it while the service runs

@@ -69,12 +69,13 @@ async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def live(
-    s: Settings, *, outlet: Any = None, n_channels: int = 8, midi: bool = True, notes: int = 4
+    s: Settings, *, synthetic: bool = True, n_channels: int = 8, midi: bool = True, notes: int = 4
 ) -> AsyncIterator[Live]:
-    """Run ``s`` (an LSL source, a JACK port when ``midi``) with its surfaces until the block ends."""
+    """Run ``s`` with its surfaces until the block ends: an LSL source (a synthetic outlet unless the caller
+    serves the stream), a JACK port when ``midi``."""
     port = s.output.virtual_port
     with contextlib.ExitStack() as stack:
-        if outlet is None:
+        if synthetic:
             stack.enter_context(SyntheticOutlet(s.stream.source_id or "", n_channels=n_channels, sfreq=250.0))
         sinks = [RtMidiSink(None, virtual_name=port)] if midi and port else []
         pipe = LivePipeline(s, LSLSource(s.stream), sinks)

@@ -133,7 +133,8 @@ class OscOut:
                     f"OSC target {host}:{port} cannot be resolved ({exc}); give an IP address or a known host name "
                     "in --osc HOST:PORT ([osc] targets)."
                 ) from None
-            family, _, _, _, addr = infos[0]
+            # IPv4 first: most OSC tools listen on IPv4 only, and "localhost" may resolve to ::1 first
+            family, _, _, _, addr = min(infos, key=lambda info: info[0] != socket.AF_INET)
             sock = next((s for s in self._socks if s.family == family), None)
             if sock is None:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -223,13 +224,19 @@ class OscOut:
         frontier = p.music_frontier
         if composer is None or frontier is None or not hasattr(composer, "time_of_beat"):
             return
-        for handle in self._beats.values():  # beat times move with a tempo change: place them afresh
-            handle.cancel()
-        self._beats.clear()
-        beat = max(self._last_beat + 1, math.ceil(composer.beat_at(now) - 1e-9), 0)
+        # Beat times move with a tempo change: place every beat not yet sent afresh (a handle already due stays).
+        first = max(self._last_beat + 1, math.ceil(composer.beat_at(now - LATE_NOTE) - 1e-9), 0)
+        wanted: dict[int, float] = {}
+        beat = first
         while (t := composer.time_of_beat(beat)) < frontier:
-            self._beats[beat] = loop.call_at(origin + t, self._fire_beat, beat)
+            wanted[beat] = origin + t
             beat += 1
+        for b in list(self._beats):
+            if b not in wanted or abs(self._beats[b].when() - wanted[b]) > 1e-4:
+                self._beats.pop(b).cancel()
+        for b, when in wanted.items():
+            if b not in self._beats:
+                self._beats[b] = loop.call_at(when, self._fire_beat, b)
 
     def _fire_note(self, nid: int, note: Note) -> None:
         self._notes.pop(nid, None)

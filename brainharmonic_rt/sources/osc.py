@@ -62,7 +62,7 @@ class ArrivalClock:
     seconds: network jitter only ever delays a sample, so the earliest arrivals are the best
     estimate of when samples were made. Lost packets make the grid fall behind; the lag then
     grows and the grid catches up within ``span`` s (a gap in the timestamps). Stamps never lie
-    in the future and always increase.
+    in the future and always increase (a block that would break either is squeezed, and counted).
     """
 
     def __init__(self, sfreq: float, span: float = 2.0) -> None:
@@ -88,8 +88,10 @@ class ArrivalClock:
             self._lags.pop()
         self._lags.append((arrival, lag))
         ts = grid + self._lags[0][1]
-        if self._last is not None and ts[0] <= self._last:
+        if self._last is not None and ts[0] <= self._last:  # the estimate moved back: no sample may go back too
             ts += self._last + step - ts[0]
+            if ts[-1] > arrival:  # ... nor lie in the future: squeeze the block into (last, arrival]
+                ts = self._last + (arrival - self._last) * np.arange(1, n + 1) / n
             self.corrections += 1
         self._last = float(ts[-1])
         return ts
