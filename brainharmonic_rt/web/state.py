@@ -37,7 +37,7 @@ OLD_NAMES = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
 #: What the page offers in its selectors: exactly what the command schema accepts.
 CHOICES = {"keys": list(get_args(KeyName)), "scales": list(get_args(ScaleName)), "modes": list(get_args(ModeName))}
 #: Seconds between two computations of the health figures.
-HEALTH_EVERY = 0.5
+HEALTH_EVERY = 1.0
 
 
 def note_row(nid: int, note: Note) -> list[Any]:
