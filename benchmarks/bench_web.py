@@ -1,8 +1,8 @@
 """The web page's cost to the music, and its command-to-effect latency (service in its own process).
 
 One real service (``brainharmonic run --web``) plays a live LSL stream of an eegmat recording to a JACK
-MIDI port; this process is the browsers: websocket viewers that acknowledge every frame, as the page
-does, and HTTP clients that POST commands, as the page does.
+MIDI port; this process is the browsers: websocket viewers that acknowledge every second frame, as the
+page does, and HTTP clients that POST commands, as the page does.
 
 * **viewers**: each round runs three fresh services for ``--seconds`` each (``--duration``): with no
   viewer, with ``--viewers`` (50) viewers, and with the same viewers plus one that stops reading (a
@@ -37,7 +37,7 @@ from _control_rig import Jack, JackTimedReader, Services, have, note_ons, record
 HOP = 0.1
 WEB_TOML = """
 [web]
-rate_hz = 20.0
+rate_hz = {rate}
 commands_per_second = 50.0
 command_burst = 50
 stall_timeout = 5.0
@@ -51,7 +51,7 @@ WINDOWS = re.compile(r"stopped \(.*?\): (\d+) windows")
 
 
 class Viewer:
-    """A browser tab: reads every frame and acknowledges it (or, stalled, reads nothing at all)."""
+    """A browser tab: reads every frame and acknowledges every second one (or, stalled, reads nothing at all)."""
 
     def __init__(self, url: str, stalled: bool = False) -> None:
         self.url, self.stalled = url, stalled
@@ -77,8 +77,8 @@ class Viewer:
                     self.frames += 1
                     self.last = time.monotonic()
                     self.first = self.first or self.last
-                    if m:
-                        await ws.send('{"ack":' + m.group(1) + "}")  # a text frame, as the page sends
+                    if m and self.frames % 2 == 1:  # every second frame, as the page does (the first is full)
+                        await ws.send('{"ack":' + m.group(1) + "}")
         except ConnectionClosed:
             pass
 
@@ -98,8 +98,10 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def phase(svc: Services, sid: str, name: str, seconds: float, viewers: int, stalled: int) -> dict[str, Any]:
-    svc.web_service(name, sid, tempo=120.0, seed=4, hop=HOP, toml_extra=WEB_TOML, extra=["--duration", str(seconds)])
+async def phase(
+    svc: Services, sid: str, name: str, seconds: float, viewers: int, stalled: int, web_toml: str
+) -> dict[str, Any]:
+    svc.web_service(name, sid, tempo=120.0, seed=4, hop=HOP, toml_extra=web_toml, extra=["--duration", str(seconds)])
     url = await asyncio.to_thread(svc.web_url, name)
     tabs = [Viewer(url) for _ in range(viewers)] + [Viewer(url, stalled=True) for _ in range(stalled)]
     for tab in tabs:
@@ -133,7 +135,7 @@ async def phase(svc: Services, sid: str, name: str, seconds: float, viewers: int
     }
 
 
-async def viewers_bench(rounds: int, seconds: float, n: int) -> dict[str, list[dict[str, Any]]]:
+async def viewers_bench(rounds: int, seconds: float, n: int, web_toml: str) -> dict[str, list[dict[str, Any]]]:
     work = Path(tempfile.mkdtemp(prefix="bh-bench-web-"))
     out: dict[str, list[dict[str, Any]]] = {"no viewer": [], f"{n} viewers": [], f"{n} viewers + 1 stalled": []}
     with Jack(), Services(work) as svc:
@@ -144,7 +146,7 @@ async def viewers_bench(rounds: int, seconds: float, n: int) -> dict[str, list[d
                 ("no viewer", 0, 0),
                 (f"{n} viewers", n, 0),
             ):
-                res = await phase(svc, sid, f"r{r}-{label.replace(' ', '')}", seconds, viewers, stalled)
+                res = await phase(svc, sid, f"r{r}-{label.replace(' ', '')}", seconds, viewers, stalled, web_toml)
                 out[label].append(res)
                 b, w = res["build_ms"], res["send_ms"]
                 cost = f", build p50/p99 {b['p50']}/{b['p99']} ms, send p50/p99 {w['p50']}/{w['p99']} ms" if b else ""
@@ -195,12 +197,12 @@ class Poster:
         return reply, sent, arrived
 
 
-async def commands_bench(rounds: int) -> dict[str, list[float]]:
+async def commands_bench(rounds: int, web_toml: str) -> dict[str, list[float]]:
     work = Path(tempfile.mkdtemp(prefix="bh-bench-webcmd-"))
     out: dict[str, list[float]] = {k: [] for k in ("ack", "program", "mute", "tempo_grid")}
     with Jack() as jack, Services(work) as svc:
         sid = svc.streams({"solo": recordings()[0]})["solo"]
-        port = svc.web_service("cmd", sid, tempo=120.0, seed=4, toml_extra=WEB_TOML)
+        port = svc.web_service("cmd", sid, tempo=120.0, seed=4, toml_extra=web_toml)
         url = await asyncio.to_thread(svc.web_url, "cmd")
         reader = await asyncio.to_thread(JackTimedReader, port, 90.0)
         print(f"# JACK period {jack.period} frames @ 48 kHz", flush=True)
@@ -262,12 +264,15 @@ def main() -> None:
     p.add_argument("--viewers", type=int, default=50, help="Simultaneous websocket viewers (default 50).")
     p.add_argument("--commands", type=int, default=40, help="Commands of each kind (default 40; 0 skips).")
     p.add_argument("--skip-viewers", action="store_true", help="Only the command latencies.")
+    p.add_argument("--rate", type=float, default=20.0, help="[web] rate_hz of the service (default 20, the most).")
     args = p.parse_args()
     have("jackd")
     header("bench_web: the web page's cost to the music, and command → effect on the MIDI port")
+    web_toml = WEB_TOML.format(rate=args.rate)
+    print(f"# [web] rate_hz = {args.rate:g}; windows every {HOP} s in the viewer phases")
     print(f"# load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     if not args.skip_viewers:
-        res = asyncio.run(viewers_bench(args.rounds, args.seconds, args.viewers))
+        res = asyncio.run(viewers_bench(args.rounds, args.seconds, args.viewers, web_toml))
         base = statistics.median(r["p99"] for r in res["no viewer"])
         for label, runs in res.items():
             p99 = [r["p99"] for r in runs]
@@ -281,7 +286,7 @@ def main() -> None:
                 f"load {statistics.median(r['load'] for r in runs):.2f}"
             )
     if args.commands:
-        out = asyncio.run(commands_bench(args.commands))
+        out = asyncio.run(commands_bench(args.commands, web_toml))
         labels = {
             "ack": "POST /api/cmd → reply (all commands)",
             "program": "set_program → program_change on the port",

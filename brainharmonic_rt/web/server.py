@@ -20,8 +20,10 @@ Commands are rate-limited per client address (token bucket).
 
 Flow control, so a viewer never slows the music: frames are built once per tick and offered to
 each client, which holds at most one waiting frame (newer replaces older) and sends it only while
-fewer than ``unacked`` frames await the client's ``{"ack": seq}``. A client that acknowledges
-nothing for ``stall_timeout`` seconds, or whose socket takes that long to accept a frame, is dropped.
+fewer than ``unacked`` frames await the client's ``{"ack": seq}`` (an ack covers every frame up to ``seq``;
+the page acknowledges every second frame). A client that acknowledges nothing for ``stall_timeout``
+seconds, or whose socket takes that long to accept a frame, is dropped. Frames are not compressed
+(permessage-deflate off): compressing each frame once per viewer was the largest cost of many viewers.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COOKIE = "bh_token"
+STOPPING = "the service is stopping"
 #: Frames are never closer together than this (the page's live rate is at most 20 Hz).
 MIN_FRAME_INTERVAL = 0.05
 #: Largest websocket message a client may send (acknowledgements are tiny).
@@ -119,6 +122,7 @@ class Viewer:
         self.wake = asyncio.Event()
         self.dropped = asyncio.Event()
         self.why = ""
+        self.code = 1008
         self.skipped = 0  #: frames replaced before they could be sent (a slow client)
         self.sent = 0
         self.timings: deque[float] | None = None  #: where to note each send's duration (ms)
@@ -140,9 +144,10 @@ class Viewer:
         waiting = self.in_flight or self.pending is not None
         return bool(waiting) and now - self.progress > self.settings.stall_timeout
 
-    def drop(self, why: str) -> None:
+    def drop(self, why: str, code: int = 1008) -> None:
+        """Close this client's connection (1008 policy violation: too slow or misbehaving; 1001 going away)."""
         if not self.dropped.is_set():
-            self.why = why
+            self.why, self.code = why, code
             self.dropped.set()
 
     async def serve(self) -> None:
@@ -160,7 +165,7 @@ class Viewer:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.dropped.is_set():
             with contextlib.suppress(Exception):  # a stuck socket may not even take the close frame
-                await asyncio.wait_for(self.ws.close(code=1008, reason=self.why[:120]), 0.5)
+                await asyncio.wait_for(self.ws.close(code=self.code, reason=self.why[:120]), 0.5)
 
     async def _send(self) -> None:
         while True:
@@ -260,6 +265,7 @@ class WebSurface:
             log_config=None,
             access_log=False,
             ws="websockets-sansio",
+            ws_per_message_deflate=False,  # compressing every frame for every viewer would cost the loop the most
             ws_max_size=4 * MAX_CLIENT_MESSAGE,
             ws_ping_interval=10.0,
             ws_ping_timeout=10.0,
@@ -292,7 +298,7 @@ class WebSurface:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
         for v in list(self.viewers):
-            v.drop("the service is stopping")
+            v.drop(STOPPING, 1001)
         await self._stop_server()
         if self._own_handler is not None:
             if self._own_handler.on_window in self.pipeline.listeners:
@@ -542,7 +548,7 @@ class WebSurface:
             await viewer.serve()
         finally:
             self.viewers.discard(viewer)
-            if viewer.dropped.is_set() and viewer.why != "the service is stopping":
+            if viewer.dropped.is_set() and viewer.why != STOPPING:
                 self.counters["viewers_dropped"] += 1
                 log.info("Dropped a web viewer: %s.", viewer.why)
 

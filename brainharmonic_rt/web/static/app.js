@@ -422,10 +422,13 @@ async function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   S.ws = ws;
   ws.onopen = () => { S.retry = 500; setLink("live"); };
+  let unacked = 0;
   ws.onmessage = (ev) => {
     const snap = JSON.parse(ev.data);
     apply(snap);
-    ws.send(JSON.stringify({ ack: snap.seq }));
+    // Acknowledge every second frame (an ack covers all frames up to it): the service sends a tab only a few
+    // frames ahead of its acks, so a slow tab gets fewer frames and a frozen one is let go.
+    if (++unacked >= 2 || snap.full) { ws.send(JSON.stringify({ ack: snap.seq })); unacked = 0; }
   };
   ws.onclose = () => {
     setLink("down");
