@@ -184,6 +184,45 @@ class Services:
         self._spawn(name, args, env)
         return port
 
+    def web_service(
+        self,
+        name: str,
+        source_id: str,
+        *,
+        tempo: float,
+        seed: int,
+        hop: float = 0.25,
+        toml_extra: str = "",
+        extra: Sequence[str] = (),
+    ) -> str:
+        """A service with the web page on an ephemeral loopback port (``web_url`` reads it); returns its MIDI port."""
+        port = f"bh-bench-{name}"
+        toml = self.workdir / f"{name}.toml"
+        text = SERVICE_TOML.format(tempo=tempo, seed=seed).replace("hop = 0.25", f"hop = {hop}")
+        toml.write_text(text + toml_extra)
+        args = ["-m", "brainharmonic_rt.cli", "run", "--source-id", source_id, "--timeout", "30"]
+        args += ["--virtual-port", port, "--config", str(toml), "--web", "127.0.0.1:0", *extra]
+        self._spawn(name, args)
+        return port
+
+    def web_url(self, name: str, timeout: float = 60.0) -> str:
+        """The page's address, from the line the service prints when its web surface is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            for line in (self.workdir / f"{name}.log").read_text(errors="replace").splitlines():
+                if line.startswith("web page: "):
+                    return line.removeprefix("web page: ").split()[0].rstrip("/")
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} printed no web address within {timeout} s")
+
+    def finish(self, name: str, timeout: float) -> str:
+        """Wait for service ``name`` to exit by itself (``--duration``); its whole output."""
+        proc = next(p for n, p in self.procs if n == name)
+        proc.wait(timeout=timeout)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]  # done: no longer checked
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
     def check(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:

@@ -501,6 +501,123 @@ class ControlSettings(_Section):
         return self
 
 
+def split_host_port(text: str, default_host: str | None = None) -> tuple[str, int]:
+    """``"HOST:PORT"``, ``"[::1]:PORT"`` or (with ``default_host``) ``"PORT"`` → (host, port).
+
+    Raises ValueError saying what is wrong when the text is not such an address.
+    """
+    t = text.strip()
+    host, sep, port = t.rpartition(":")
+    if not sep:
+        host, port = ("", t) if t.isdigit() else (t, "")
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if not host:
+        if default_host is None:
+            raise ValueError(f"{text!r} has no host; write HOST:PORT, e.g. 127.0.0.1:9000")
+        host = default_host
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} has no port number 0-65535; write HOST:PORT, e.g. 127.0.0.1:9000")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSettings(_Section):
+    """The web page and its API (``run --web [HOST:]PORT``): see the live state, steer the music."""
+
+    enabled: bool = Field(False, description="Serve the page, /api/state, /api/cmd and /ws.")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="Address to bind; anything but loopback (127.0.0.1, ::1, localhost) needs a token.",
+    )
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(8080, description="TCP port (0 = any free port).")
+    token: SecretStr | None = Field(
+        None,
+        description="Shared secret a client must present (?token=, a cookie, or Authorization: Bearer); prefer "
+        "the environment (BRAINHARMONIC_WEB__TOKEN).",
+    )
+    readonly: bool = Field(False, description="Show the state without controls; commands are refused.")
+    rate_hz: Annotated[float, Field(gt=0, le=20)] = Field(10.0, description="Live state frames per second on /ws.")
+    commands_per_second: Annotated[float, Field(gt=0, le=100)] = Field(
+        5.0, description="Sustained commands per second per client address (more are refused)."
+    )
+    command_burst: Annotated[int, Field(ge=1, le=100)] = Field(
+        10, description="Commands a client may send at once before the rate limit applies."
+    )
+    unacked: Annotated[int, Field(ge=1, le=64)] = Field(
+        4, description="Frames a websocket client may be behind (unacknowledged) before it is sent no more."
+    )
+    stall_timeout: Annotated[float, Field(gt=0, le=120)] = Field(
+        5.0, description="Seconds without an acknowledgement after which a websocket client is dropped."
+    )
+    max_clients: Annotated[int, Field(ge=1, le=1000)] = Field(64, description="Most websocket clients at once.")
+    history: Annotated[float, Field(gt=0, le=120)] = Field(
+        20.0, description="Seconds of played notes and brain tokens kept for the page's piano roll and timeline."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Extra browser origins (scheme://host:port) allowed to open /ws and send commands; the "
+        "page's own origin always is.",
+    )
+
+    @model_validator(mode="after")
+    def _safe(self) -> WebSettings:
+        if self.enabled and not is_loopback(self.host) and self.token is None:
+            raise ValueError(
+                f"web.host {self.host!r} is reachable from other machines, so the page needs a token; set "
+                "BRAINHARMONIC_WEB__TOKEN (or [web] token), or bind 127.0.0.1"
+            )
+        if self.token is not None and len(self.token.get_secret_value()) < 8:
+            raise ValueError("web.token is shorter than 8 characters; use a longer secret")
+        return self
+
+
+class OscSettings(_Section):
+    """Open Sound Control: brain, notes and beats out to visual tools; Muse / Mind Monitor EEG in."""
+
+    targets: list[str] = Field(
+        default_factory=list,
+        description="Where OSC goes: HOST:PORT entries (UDP; several allowed), e.g. ['127.0.0.1:9000'].",
+    )
+    muse_elements: bool = Field(
+        True, description="Also send Mind Monitor's /muse/elements/<band>_absolute, so existing patches work."
+    )
+    listen: str | None = Field(
+        None,
+        description="Read EEG from Muse / Mind Monitor /muse/eeg messages on this UDP [HOST:]PORT (HOST defaults "
+        "to 0.0.0.0: the phone sends from the network).",
+    )
+    in_rate: Annotated[float, Field(ge=64, le=2048)] = Field(
+        256.0, description="Sampling rate (Hz) of the incoming /muse/eeg messages (a Muse: 256)."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        for t in v:
+            split_host_port(t)
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_host_port(v, default_host="0.0.0.0")
+        return v
+
+
 class EncoderSettings(_Section):
     """The learned encoders used in ``learned`` mode (EEG: ``brain.encoder``; fMRI inputs: ``brain.fmri_encoder``)."""
 
@@ -569,6 +686,8 @@ class Settings(BaseSettings):
     link: LinkSettings = Field(default_factory=LinkSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    osc: OscSettings = Field(default_factory=OscSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
 

@@ -55,6 +55,8 @@ CUT_MARGIN = 0.01
 CLOCK_IN_JITTER = 0.5
 
 StateListener = Callable[[BrainState, list[Note]], None]
+#: Sees each preprocessed window after its notes are scheduled (e.g. OSC's own band powers); keep it quick.
+WindowListener = Callable[[Window, BrainState], None]
 
 
 class Engine:
@@ -407,6 +409,7 @@ class LivePipeline:
         self.record_root = record_root
         self.duration = duration
         self.listeners = list(listeners)
+        self.window_listeners: list[WindowListener] = []
         self.stats = RunStats()
         self.stop_event: asyncio.Event | None = None
         self.recorder: SessionRecorder | None = None
@@ -540,6 +543,8 @@ class LivePipeline:
                 self.recorder.write_notes(scheduler.take_played())
             for listener in self.listeners:
                 listener(state, notes)
+            for window_listener in self.window_listeners:
+                window_listener(window, state)
         self.stop("end of input")
 
     def _watch_signal(self, state: BrainState) -> None:

@@ -14,6 +14,7 @@ from . import audio
 from .common import LazyOptions, add_config, add_midi_clock, positive, settings_from
 from .live import live_source
 from .render import cmd_render
+from .surfaces import add_surface_arguments, live_surfaces, surface_overrides
 
 
 def add_commands(sub: Any, lazy: LazyOptions) -> None:
@@ -42,6 +43,7 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     )
     add_midi_clock(p)
     audio.add_arguments(p)
+    add_surface_arguments(p)
     add_config(p)
     p.set_defaults(func=cmd_demo)
 
@@ -97,6 +99,7 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
             "midi_clock": args.midi_clock,
             "clock_in": args.clock_in,
         },
+        **surface_overrides(args),
     }
     settings = settings_from(args, **audio.add_sections(args, sections))
     sinks = audio.audio_sinks(args, settings) if args.live else []  # heard through the speakers
@@ -140,7 +143,7 @@ def _demo_live(args: argparse.Namespace, rest: Path, task: Path) -> int:
                 loop.add_signal_handler(sig, pipe.stop, signal.Signals(sig).name)
             where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
             print(f"demo: live playback through LSL to {heard} and {where} for {replay.duration:.0f} s (Ctrl-C stops)")
-            async with audio.live_context(pipe, settings):
+            async with audio.live_context(pipe, settings), live_surfaces(pipe):
                 await pipe.run()
             return pipe
 
@@ -166,7 +169,7 @@ def _demo_board(
         where = f"MIDI port {port!r}" if port else "virtual MIDI port 'brainharmonic-demo'"
         length = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
         print(f"demo: BrainFlow board '{args.board}' live to {heard} and {where} {length}")
-        async with audio.live_context(pipe, settings):
+        async with audio.live_context(pipe, settings), live_surfaces(pipe):
             await pipe.run()
 
     asyncio.run(main())

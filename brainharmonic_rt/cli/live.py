@@ -24,6 +24,7 @@ from .common import (
     positive,
     settings_from,
 )
+from .surfaces import add_surface_arguments, live_surfaces, osc_source, surface_overrides
 
 
 def add_commands(sub: Any, lazy: LazyOptions) -> None:
@@ -51,6 +52,7 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     add_lazy(p, "brainharmonic_rt.sources.brainflow", "add_board_arguments", lazy)
     add_midi_clock(p)
     audio.add_arguments(p)
+    add_surface_arguments(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
     mqtt.add_argument("--instance", metavar="NAME", help="Instance name; topics live under brainharmonic/NAME/.")
@@ -90,17 +92,17 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
 
 
 def live_source(settings: Settings) -> Any:
-    """The live source the settings name: a BrainFlow board ([board] name) or an LSL stream, seen
-    through ``[signal] channels`` when given."""
+    """The live source the settings name: OSC in ([osc] listen), a BrainFlow board ([board] name) or an LSL
+    stream, seen through ``[signal] channels`` when given."""
     from ..sources.channel_map import MappedSource, maybe_map
 
-    source: Any
-    if settings.board.name is not None:
+    source: Any = osc_source(settings)
+    if source is None and settings.board.name is not None:
         from ..sources.brainflow import BrainFlowSource, describe
 
         describe(settings.board)  # a bad board name or missing parameter fails here, in one sentence
         source = BrainFlowSource(settings.board, settings.stream)
-    else:
+    elif source is None:
         from ..sources.lsl import LSLSource
 
         source = LSLSource(settings.stream)
@@ -126,12 +128,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         "record": {"dir": args.record},
         "control": control_overrides(args),
+        **surface_overrides(args),
     }
     settings = settings_from(args, **audio.add_sections(args, sections))
-    if settings.board.name is None and not (settings.stream.name or settings.stream.type or settings.stream.source_id):
+    selected = settings.stream.name or settings.stream.type or settings.stream.source_id
+    if settings.board.name is None and settings.osc.listen is None and not selected:
         raise ConfigError(
-            "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them) "
-            "or --board NAME for a BrainFlow headset (--board synthetic needs no hardware)."
+            "No stream selected; pass --stream NAME (or --type / --source-id; `brainharmonic streams` lists them), "
+            "--board NAME for a BrainFlow headset (--board synthetic needs no hardware) or --osc-in PORT for a Muse "
+            "through Mind Monitor."
         )
     sinks: list[Any] = audio.audio_sinks(args, settings, recording=settings.record.dir is not None)
     if not args.no_midi:
@@ -159,18 +164,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, pipeline.stop, signal.Signals(sig).name)
-        async with audio.live_context(pipeline, settings):  # Ableton Link (--link)
-            if not settings.control.enabled:
-                await pipeline.run()
-                return
-            from ..control.live import LiveControl
-
-            overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
-            config_file = Path(args.config) if args.config else None
-            async with LiveControl(
-                pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}
-            ):
-                await pipeline.run()
+        overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+        config_file = Path(args.config) if args.config else None
+        async with (
+            audio.live_context(pipeline, settings),  # Ableton Link (--link)
+            live_surfaces(pipeline, config_file=config_file, overrides={k: v for k, v in overrides.items() if v}),
+        ):
+            await pipeline.run()
 
     asyncio.run(main())
     snap = pipeline.snapshot()

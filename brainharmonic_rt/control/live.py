@@ -21,11 +21,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..events import BrainState, Note
-from ..music.arbiter import guard_telemetry
 from .handler import PipelineHandler
 from .messages import BrainTelemetry, HealthTelemetry, MusicTelemetry
 from .mqtt import SYNC_KIND, ControlPlane, MessageCallback, Topics
 from .sync import BeatSync
+from .telemetry import health_telemetry, music_telemetry
 
 if TYPE_CHECKING:
     from ..music.composer import Composer
@@ -146,68 +146,15 @@ class LiveControl:
 
     def music(self) -> MusicTelemetry | None:
         """The music now; None before the pipeline composes."""
-        p = self.pipeline
-        if p.engine is None or p.scheduler is None or not p.scheduler.running:
-            return None
-        c = p.engine.composer
-        beat = c.beat_at(p.scheduler.music_now())
-        bar = c.plan.current
-        # Validated by the model (key, scale and mode names are checked there, not re-typed here).
-        return MusicTelemetry.model_validate(
-            {
-                "key": c.key,
-                "scale": c.scale,
-                "chord": c.chord_name(),
-                "tempo": float(c.tempo),
-                "mode": p.engine.mode,
-                "beat": None if beat < 0 else round(float(beat), 4),
-                "centre": bar.key if bar is not None else None,
-                "tonality": bar.mode if bar is not None else None,
-                "level": bar.level if bar is not None else None,
-                "arousal": round(float(c.plan.arousal), 4),
-                "notes": {k: v for k, v in p.scheduler.sounding().items() if k},
-                "muted": c.muted,
-                "solo": c.solo,
-                "recording": p.recorder is not None,
-            }
-        )
+        return music_telemetry(self.pipeline)
 
     def health(self) -> HealthTelemetry:
         """Stream, pipeline, MIDI, control-plane and sync health now."""
-        p = self.pipeline
-        snap = p.snapshot()
-        src = snap.get("source", {})
-        lat = snap.get("latency", {})
-        sched = snap.get("scheduler", {})
         plane = self.plane.stats()
-        rate = float(src.get("rate", 0.0) or 0.0)
-        info = None if p.engine is None else p.engine.info
-        return HealthTelemetry(
-            connected=p.stats.stream_losses == p.stats.reconnects and rate > 0,
-            rate_hz=max(0.0, rate),
-            nominal_hz=None if info is None else float(info.sfreq),
-            dropped_samples=int(src.get("dropped_samples", 0)),
-            dropped_windows=int(snap.get("windows_dropped", 0)),
-            reconnects=int(snap.get("reconnects", 0)),
-            latency_ms={
-                "processing_p50": lat.get("p50_ms"),
-                "processing_p99": lat.get("p99_ms"),
-                "midi_late_p50": sched.get("p50_late_ms"),
-                "midi_late_p99": sched.get("p99_late_ms"),
-                "midi_late_max": sched.get("max_late_ms"),
-            },
-            queues={
-                "windows": int(snap.get("queue_depth", 0)),
-                "source_samples": int(src.get("queued_samples", 0)),
-                "source_dropped_chunks": int(src.get("dropped_chunks", 0)),
-                "mqtt_buffered": int(plane["buffered"]),
-            },
-            uptime_s=max(0.0, time.monotonic() - self._started),
-            scheduler={k: v for k, v in sched.items() if isinstance(v, int | float | bool)},
+        return health_telemetry(
+            self.pipeline,
+            started=self._started,
+            queues={"mqtt_buffered": int(plane["buffered"])},
             control={k: v for k, v in plane.items() if isinstance(v, int | float | bool | str) or v is None},
             sync={} if self.sync is None else self.sync.stats(),
-            quality=snap.get("quality", {}),
-            artifacts=snap.get("artifacts", {}),
-            notices=snap.get("notices", []),
-            guard=guard_telemetry(snap.get("composer", {})),
         )

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import random
 import re
@@ -44,10 +43,10 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import aiomqtt
 import pydantic_core
@@ -57,8 +56,9 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..config import ControlSettings
-from ..errors import BrainharmonicError, ConfigError
-from .messages import Command, CommandError, ErrorReply, Reply, Status, parse_command, peek_id
+from ..errors import ConfigError
+from .execute import CommandHandler, encode, encode_reply, execute, rejection
+from .messages import CommandError, ErrorReply, Status, peek_id
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,6 @@ class Topics:
     def publish_topic(self, kind: str) -> str:
         """Where ``ControlPlane.publish(kind, ...)`` sends: sync beats or telemetry."""
         return self.sync_beat if kind == SYNC_KIND else self.telemetry(kind)
-
-
-class CommandHandler(Protocol):
-    """Applies validated commands to the running service.
-
-    ``apply`` runs on the event loop: keep it quick (hand work to the pipeline and return). It
-    returns the ack payload (JSON-able), or an awaitable of it; it raises
-    :class:`~brainharmonic_rt.control.messages.CommandError` (naming a field),
-    :class:`~brainharmonic_rt.errors.BrainharmonicError` or ``ValueError`` to refuse.
-    """
-
-    def apply(self, cmd: Command) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
 
 @dataclass
@@ -260,7 +248,7 @@ class ControlPlane:
             self._next_ok[kind] = 0.0
             self._n.queued[kind] = deque(maxlen=self.settings.offline_buffer)
         try:
-            data = _encode(payload)
+            data = encode(payload)
         except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as exc:
             self._n.unencodable += 1
             if self._warned_kind != kind:
@@ -443,45 +431,21 @@ class ControlPlane:
                     log.exception("Handling a message on %s failed.", topic.value)
 
     async def _handle(self, client: aiomqtt.Client, payload: bytes) -> None:
-        try:
-            cmd = parse_command(payload, self.settings.max_payload)
-        except CommandError as exc:
-            await self._reject(client, *peek_id(payload, self.settings.max_payload), exc)
-            return
-        try:
-            result: Any = self._handler.apply(cmd)
-            if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, self._handler_timeout)
-        except CommandError as exc:
-            await self._reject(client, cmd.id, cmd.cmd, exc)
-            return
-        except (BrainharmonicError, ValueError) as exc:
-            await self._reject(client, cmd.id, cmd.cmd, CommandError(None, f"'{cmd.cmd}' was refused: {exc}"))
-            return
-        except TimeoutError:
-            reason = f"'{cmd.cmd}' took longer than {self._handler_timeout} s to apply and was abandoned"
-            await self._reject(client, cmd.id, cmd.cmd, CommandError(None, reason))
-            return
-        except Exception as exc:  # a handler bug must not end the control plane
-            log.exception("Command %s failed in the handler.", cmd.cmd)
-            reason = f"'{cmd.cmd}' failed inside the service ({type(exc).__name__}: {exc})"
-            await self._reject(client, cmd.id, cmd.cmd, CommandError(None, reason))
-            return
-        ack = result if isinstance(result, Mapping) else {} if result is None else {"value": result}
-        try:
-            data = _encode({**Reply(id=cmd.id, cmd=cmd.cmd).model_dump(), "result": ack})
-        except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as exc:
-            reason = f"'{cmd.cmd}' was applied but its acknowledgement is not JSON ({exc})"
-            await self._reject(client, cmd.id, cmd.cmd, CommandError(None, reason))
+        reply = await execute(
+            self._handler, payload, max_bytes=self.settings.max_payload, timeout=self._handler_timeout
+        )
+        if isinstance(reply, ErrorReply):
+            self._n.commands_rejected += 1
+            log.info("Rejected command: %s", reply.message)
+            await client.publish(self.topics.error, encode_reply(reply), qos=1)
             return
         self._n.commands_ok += 1
-        await client.publish(self.topics.reply, data, qos=1)
+        await client.publish(self.topics.reply, encode_reply(reply), qos=1)
 
     async def _reject(self, client: aiomqtt.Client, cid: str | None, kind: str | None, exc: CommandError) -> None:
         self._n.commands_rejected += 1
-        err = ErrorReply(id=cid, cmd=kind, field=exc.field, reason=exc.reason, message=str(exc))
         log.info("Rejected command: %s", exc)
-        await client.publish(self.topics.error, err.model_dump_json().encode(), qos=1)
+        await client.publish(self.topics.error, encode_reply(rejection(cid, kind, exc)), qos=1)
 
     async def _send(self, client: aiomqtt.Client) -> None:
         assert self._wake is not None
@@ -501,19 +465,6 @@ class ControlPlane:
             timeout = None if soonest is None else max(0.0, soonest - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-
-
-def _encode(payload: BaseModel | Mapping[str, Any]) -> bytes:
-    """JSON bytes; NaN/inf become null (browsers reject them), numpy values become numbers/lists."""
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json().encode()
-    return pydantic_core.to_json(payload, inf_nan_mode="null", fallback=_fallback)
-
-
-def _fallback(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
 def _tls_params(settings: ControlSettings) -> aiomqtt.TLSParameters | None:

@@ -423,6 +423,12 @@ class Scheduler:
                 out.setdefault(note.instrument if note is not None else "", []).append(pitch)
         return {k: sorted(v) for k, v in out.items()}
 
+    def live_notes(self) -> dict[int, Note]:
+        """Note id → note, for every note scheduled and neither ended nor cancelled: those sounding now and
+        those composed ahead (for views; ids are unique for the scheduler's life, in scheduling order)."""
+        with self._cond, self._send_lock:  # schedule() adds under the condition, delivery ends under the send lock
+            return dict(self._live)
+
     def stats(self) -> dict[str, Any]:
         """Counters for telemetry.
 
