@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
-.venv/bin/ruff check brainharmonic_rt tests benchmarks
-.venv/bin/ruff format --check brainharmonic_rt tests benchmarks
+.venv/bin/ruff check brainharmonic_rt tests benchmarks scripts
+.venv/bin/ruff format --check brainharmonic_rt tests benchmarks scripts
 .venv/bin/mypy
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -p no:cacheprovider -rs "$@"
