@@ -366,6 +366,34 @@ async def test_solo_recording_and_reload(
         assert reply["ok"] is False and "music.tempo" in reply["reason"] and composer.tempo == 120.0
 
 
+async def test_reload_of_an_unchanged_file_leaves_the_brain_moved_tempo_free(
+    broker: MosquittoBroker, source_id: str, instance: str, tmp_path: Path
+) -> None:
+    """Review defect: reload compared the file's tempo with the composer's (which the brain moves), so an unchanged
+    file "changed" the tempo and pinned it: brain-driven tempo was off for the rest of the session."""
+    port = f"bh-{uuid.uuid4().hex[:6]}"
+    toml = tmp_path / "service.toml"
+    toml.write_text("[music]\ntempo = 96.0\n[harmony]\nadaptive_tempo = true\n")
+    overrides = _overrides(broker, source_id, port, instance)
+    del overrides["music"]["tempo"], overrides["harmony"]  # the file's values, as a service started with it
+    settings = load_settings(toml, **overrides)
+    async with live(settings, config_file=toml, overrides=overrides) as rig, controller(broker, instance) as ctl:
+        engine = rig.pipe.engine
+        assert engine is not None
+        # The plan moves the tempo with the brain (what a bar start does when the state changes): not pinned.
+        engine.apply(lambda at: engine.composer.retime(at, 107.5, pin=False))
+        assert not engine.composer.plan.tempo_pinned
+        reply, _, _ = await ctl.ask({"cmd": "reload_config"})
+        assert reply["ok"], reply
+        assert "music.tempo" not in reply["result"]["applied"], reply
+        assert not engine.composer.plan.tempo_pinned, "an unchanged file must leave the tempo to the brain"
+        assert engine.composer.tempo == 107.5
+        toml.write_text(toml.read_text().replace("tempo = 96.0", "tempo = 90.0"))  # a real edit still applies
+        reply, _, _ = await ctl.ask({"cmd": "reload_config"})
+        assert reply["ok"] and reply["result"]["applied"]["music.tempo"] == 90.0, reply
+        assert engine.composer.tempo == 90.0 and engine.composer.plan.tempo_pinned
+
+
 async def test_broker_restart_mid_run_music_goes_on_and_telemetry_resumes(
     source_id: str, instance: str, tmp_path: Path
 ) -> None:

@@ -16,8 +16,9 @@ command stops the music. Changes are heard at once, not after the composing look
 * temperature: the learned generator samples with it; the classic composer keeps it for a switch to learned;
 * mode: the engine switches composers live (``Engine.set_mode``: same grid, plan, arbiter);
 * recording: a session folder under ``record.dir`` opens or closes while the music plays;
-* reload: the TOML the service was started with is read again; tempo, key, scale, polyphony,
-  smoothing and per-instrument program/register/mute change live, every other difference is
+* reload: the TOML the service was started with is read again; what changed in it since it was last
+  loaded (tempo, key, scale, polyphony, smoothing, per-instrument program/register/mute) changes live,
+  so an unchanged file leaves a tempo or key the brain moved alone; every other difference is
   reported as needing a restart.
 """
 
@@ -95,6 +96,9 @@ class PipelineHandler:
         self.sync = sync
         self.on_change = on_change
         self.own_recorder: SessionRecorder | None = None  #: a recording started by command
+        #: the settings as last loaded (start, then each reload): a reload applies what changed in the file since,
+        #: never what the brain moved meanwhile (tempo, key), which would pin them
+        self.loaded: Settings = pipeline.settings
         self._closing: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ dispatch
@@ -388,11 +392,12 @@ class PipelineHandler:
                 if inst.muted:
                     scheduler.cancel(instruments={name}, end_sounding=True, channels={inst.channel})
         composer.set_limits(max_polyphony=music.max_polyphony, smoothing=music.smoothing)
+        before = self.loaded.music
         for f in ("max_polyphony", "smoothing"):
-            if getattr(music, f) != getattr(self.pipeline.settings.music, f):
+            if getattr(music, f) != getattr(before, f):
                 applied[f"music.{f}"] = getattr(music, f)
-        tempo_changes = not following and abs(composer.tempo - music.tempo) > 1e-9
-        key_changes = (key, scale) != (composer.key, composer.scale)
+        tempo_changes = not following and abs(before.tempo - music.tempo) > 1e-9
+        key_changes = not following and (key, scale) != (before.key, before.scale)
         if tempo_changes or key_changes or registers:
 
             def change(at: float) -> None:
@@ -409,6 +414,7 @@ class PipelineHandler:
                 applied[f"music.instruments.{name}.register"] = [low, high]
         else:
             self._changed()
+        self.loaded = new
         out: dict[str, Any] = {"file": str(self.config_file), "applied": applied, "needs_restart": sorted(set(restart))}
         notes = []
         if restart:
