@@ -448,6 +448,7 @@ class LivePipeline:
             if self.record_root is not None:
                 self.recorder = stack.enter_context(SessionRecorder(self.record_root, self.settings, self.source.info))
                 log.info("recording session to %s", self.recorder.folder)
+                self.recorder.set_instruments(engine.composer.instruments)
                 for notice in self._notices():
                     self.recorder.event("notice", message=notice)
                 for sink in self.sinks:  # the live synth keeps what it plays as audio.flac (--record-audio)

@@ -9,7 +9,9 @@ Layout of a session folder::
     states.jsonl    one line per window: session time, band powers, z-scores, bad channels, token
     notes.jsonl     one line per note played (its note_on went out): music time, duration, pitch, velocity,
                     channel, instrument; notes composed but cancelled by a live change are not here
-    events.jsonl    start / stop, stream lost / back, no signal / signal back, silent channel groups, notices
+    events.jsonl    start / stop, stream lost / back, no signal / signal back, silent channel groups, notices,
+                    program changes made live ("program": music time, instrument, channel, program)
+    instruments.json  the instrument table the run played with (name → program, channel, register, role, ...)
     quality.jsonl   per-channel signal quality, one line per quality interval (``[quality] interval``)
     notes.mid       the notes as a MIDI file (written on close; `render` rebuilds it after a crash)
 
@@ -29,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .config import Settings, settings_to_toml
+from .config import InstrumentSettings, Settings, settings_to_toml
 from .errors import DataError
 from .events import BrainState, Chunk, Note, SignalInfo
 
@@ -47,6 +49,8 @@ class SessionRecorder:
         self.folder = self._unique(self.root / (name or f"session-{stamp}"))
         self._files: dict[str, IO[Any]] = {}
         self._n_samples = 0
+        self._instruments: dict[str, InstrumentSettings] | None = None
+        self._programs: list[tuple[float, int, int]] = []  # (music time, channel, program) of live changes
 
     @staticmethod
     def _unique(path: Path) -> Path:
@@ -116,6 +120,17 @@ class SessionRecorder:
             line = json.dumps(_nulls(rec), allow_nan=False, default=_finite)
         self._files["states"].write(line + "\n")
 
+    def set_instruments(self, instruments: dict[str, InstrumentSettings]) -> None:
+        """The instrument table as the run plays it now (kept in instruments.json; notes.mid uses it)."""
+        self._instruments = dict(instruments)
+        table = {name: inst.model_dump(mode="json") for name, inst in instruments.items()}
+        (self.folder / "instruments.json").write_text(json.dumps(table, indent=1))
+
+    def program_change(self, t: float, instrument: str, channel: int, program: int) -> None:
+        """A live program change at music time ``t`` (notes.mid plays it from there)."""
+        self._programs.append((t, channel, program))
+        self.event("program", time=round(t, 6), instrument=instrument, channel=channel, program=program)
+
     def write_notes(self, notes: list[Note]) -> None:
         fh = self._files["notes"]
         for n in notes:
@@ -137,13 +152,13 @@ class SessionRecorder:
             fh.close()
         self._files.clear()
         if write_midi:
-            from .music.ensemble import resolve_instruments
             from .sinks.midifile import notes_to_midi
 
             notes = read_notes(self.folder)
-            groups = sorted({n.instrument for n in notes})
-            instruments = {k: v for k, v in resolve_instruments(groups, self.settings.music).items() if k in groups}
-            notes_to_midi(notes, instruments, self.settings.music.tempo, self.folder / "notes.mid")
+            instruments = self._instruments if self._instruments is not None else _played_instruments(notes, self)
+            notes_to_midi(
+                notes, instruments, self.settings.music.tempo, self.folder / "notes.mid", programs=self._programs
+            )
 
 
 def note_record(n: Note) -> dict[str, Any]:
@@ -156,6 +171,14 @@ def note_record(n: Note) -> dict[str, Any]:
         "channel": n.channel,
         "instrument": n.instrument,
     }
+
+
+def _played_instruments(notes: list[Note], recorder: SessionRecorder) -> dict[str, InstrumentSettings]:
+    """Without a recorded table (a recorder used on its own): the configured instruments of the groups that played."""
+    from .music.ensemble import resolve_instruments
+
+    groups = sorted({n.instrument for n in notes})
+    return {k: v for k, v in resolve_instruments(groups, recorder.settings.music).items() if k in groups}
 
 
 def _nulls(value: Any) -> Any:

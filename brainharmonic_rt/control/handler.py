@@ -267,6 +267,7 @@ class PipelineHandler:
             )
         scheduler.send_now(mido.Message("program_change", channel=inst.channel, program=program))
         engine.set_program(name, program)
+        self._record_program(scheduler, name, inst.channel, program)
         self._changed()
         return {"instrument": name, "program": program, "channel": inst.channel}
 
@@ -293,6 +294,11 @@ class PipelineHandler:
 
     # ------------------------------------------------------------------ recording
 
+    def _record_program(self, scheduler: Scheduler, name: str, channel: int, program: int) -> None:
+        """A program change goes into the session (notes.mid plays it from its time on)."""
+        if self.pipeline.recorder is not None:
+            self.pipeline.recorder.program_change(scheduler.music_now(), name, channel, program)
+
     def _start_recording(self, label: str | None) -> dict[str, Any]:
         p = self.pipeline
         self._parts()
@@ -310,6 +316,8 @@ class PipelineHandler:
             recorder.__enter__()
         except BrainharmonicError as exc:
             raise CommandError(None, f"cannot start a recording: {exc}") from None
+        if p.engine is not None:
+            recorder.set_instruments(p.engine.composer.instruments)
         p.recorder = self.own_recorder = recorder
         return {"recording": True, "folder": str(recorder.folder)}
 
@@ -383,6 +391,7 @@ class PipelineHandler:
         for name, program in programs.items():
             scheduler.send_now(mido.Message("program_change", channel=current[name].channel, program=program))
             composer.set_program(name, program)
+            self._record_program(scheduler, name, current[name].channel, program)
             applied[f"music.instruments.{name}.program"] = program
         muted_now = set(composer.muted)
         for name, inst in wanted.items():

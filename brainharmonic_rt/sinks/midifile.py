@@ -146,13 +146,18 @@ def notes_to_midi(
     instruments: Mapping[str, InstrumentSettings],
     tempo: float,
     path: str | os.PathLike[str],
+    *,
+    programs: Iterable[tuple[float, int, int]] = (),
 ) -> Path:
-    """Write ``notes`` as a .mid exactly as a virtual Scheduler + :class:`MidiFileSink` would."""
+    """Write ``notes`` as a .mid exactly as a virtual Scheduler + :class:`MidiFileSink` would; ``programs``:
+    (music time, channel, program) changes made during the run, each before the notes at its time."""
     from .scheduler import events_from_notes
 
     sink = MidiFileSink(path)
     sink.open(dict(instruments), tempo)
-    for t, msg in events_from_notes(notes):
+    changes = [(t, mido.Message("program_change", channel=ch, program=p)) for t, ch, p in programs]
+    events = sorted([*changes, *events_from_notes(notes)], key=lambda e: e[0])  # stable: a change goes first
+    for t, msg in events:
         sink.send(msg, t)
     sink.close()
     return sink.path
