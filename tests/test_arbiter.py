@@ -108,7 +108,9 @@ def test_learned_mask_reaches_the_real_generator(tmp_path: object) -> None:
             assert n.pitch % 12 in bar.chord_pcs, (n, bar.chord)
             on_strong += 1
     assert on_strong > 10
-    assert comp.arbiter.dropped >= 0 and len(comp.arbiter.bar_costs) >= 10
+    # the mask steers the sampling, so admission refuses few of the notes decoded (33 of 347 + 33 at seed 4)
+    assert comp.arbiter.dropped <= 0.2 * len(notes), (comp.arbiter.dropped, len(notes))
+    assert len(comp.arbiter.bar_costs) >= 10
 
 
 # ----------------------------------------------------------------------------- the clash rule
