@@ -1,4 +1,8 @@
-"""Every setting, as pydantic models; the only place defaults live.
+"""Every setting a person can set, as pydantic models with their defaults and descriptions.
+
+Constants a person has no reason to change stay next to the code they tune (the scheduler's wake-up
+margins, the LSL source's queue bound, the window stream's depth, ``generate``'s options) and are
+documented there.
 
 Layers, lowest to highest: defaults < TOML file < environment (``BRAINHARMONIC_``
 prefix, ``__`` between levels, e.g. ``BRAINHARMONIC_MUSIC__TEMPO=90``) < command line.

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from brainharmonic_rt.config import DEFAULT_SOUNDFONT, InstrumentSettings, MusicSettings
-from brainharmonic_rt.errors import ConfigError, DataError, SinkError
+from brainharmonic_rt.errors import DataError, SinkError
 from brainharmonic_rt.events import Note
-from brainharmonic_rt.sinks.base import open_sink
 from brainharmonic_rt.sinks.midifile import MidiFileSink, notes_to_midi, read_notes
 from brainharmonic_rt.sinks.pianoroll import save_pianoroll
 from brainharmonic_rt.sinks.scheduler import Scheduler
-from brainharmonic_rt.sinks.synth import render_wav
+from brainharmonic_rt.sinks.synth import SynthSink, render_wav
 
 INSTRUMENTS = {
     "frontal": InstrumentSettings(channel=0, program=11, role="melody"),
@@ -142,12 +141,12 @@ def test_missing_soundfont_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match=r"SoundFont .*nope\.sf2 does not exist; .*apt install timgm6mb-soundfont"):
         render_wav(NOTES, INSTRUMENTS, tmp_path / "x.wav", soundfont=tmp_path / "nope.sf2")
     with pytest.raises(SinkError, match="--soundfont"):
-        open_sink("synth", path=tmp_path / "x.wav", soundfont=tmp_path / "nope.sf2").open(INSTRUMENTS, TEMPO)
+        SynthSink(tmp_path / "x.wav", soundfont=tmp_path / "nope.sf2").open(INSTRUMENTS, TEMPO)
     assert not (tmp_path / "x.wav").exists()
 
 
 async def test_synth_sink_renders_what_the_scheduler_sends(tmp_path: Path) -> None:
-    sink = open_sink("synth", path=tmp_path / "live.wav", sample_rate=22050, tail=0.5)
+    sink = SynthSink(tmp_path / "live.wav", sample_rate=22050, tail=0.5)
     sink.open(INSTRUMENTS, TEMPO)
     async with Scheduler([sink], realtime=False) as s:
         s.schedule(NOTES)
@@ -156,12 +155,6 @@ async def test_synth_sink_renders_what_the_scheduler_sends(tmp_path: Path) -> No
     sink.close()
     rate, data = _wav(tmp_path / "live.wav")
     assert _rms(data[int(0.5 * rate) : int(1.5 * rate)]) > 300.0
-
-
-def test_open_sink_by_name() -> None:
-    assert type(open_sink("midifile", path="x.mid")).__name__ == "MidiFileSink"
-    with pytest.raises(ConfigError, match="Unknown sink 'speaker'; choose one of rtmidi, midifile, synth"):
-        open_sink("speaker")
 
 
 def test_pianoroll_png(tmp_path: Path) -> None:

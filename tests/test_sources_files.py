@@ -176,7 +176,7 @@ def test_truncated_edf_is_a_data_error(rest: Path, tmp_path: Path) -> None:
 # -- concatenation ------------------------------------------------------------------------------
 async def test_open_recordings_plays_rest_then_task(rest: Path, task: Path) -> None:
     src = open_recordings([rest, task], seconds=2.0, start=1.0, chunk_size=64)
-    assert isinstance(src, Source) and src.realtime is False and src.info.sfreq == 500.0
+    assert isinstance(src, Source) and src.info.sfreq == 500.0
     assert src.info.ch_names == tuple(f"EEG {n}" for n in EEG_NAMES)
     assert src.markers == [(0.0, "Subject00_1"), (2.0, "Subject00_2")]
     expected = np.concatenate([pick_signal(read_raw(p)).get_data(start=500, stop=1500) for p in (rest, task)], axis=1)

@@ -387,8 +387,3 @@ class LearnedComposer(BrainSteering, Composer[_LVoice]):
         if presence < 1.0:
             vel = max(1, round(vel * presence))
         return Note(t, got, pitch, vel, v.inst.channel, v.name)
-
-
-def total_latent_beats(bars: int) -> float:
-    """Beats in ``bars`` 4/4 bars."""
-    return float(bars * BEATS_PER_BAR)

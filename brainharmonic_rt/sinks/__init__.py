@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import SINK_KINDS, MemorySink, Sink, open_sink, silence_messages
+from .base import MemorySink, Sink, silence_messages
 
-__all__ = ["SINK_KINDS", "MemorySink", "Sink", "open_sink", "silence_messages"]
+__all__ = ["MemorySink", "Sink", "silence_messages"]

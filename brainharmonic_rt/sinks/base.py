@@ -6,24 +6,14 @@ brainharmonic_rt.sinks`` never pulls in rtmidi or FluidSynth.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import mido
 
 from ..config import InstrumentSettings
-from ..errors import ConfigError
-
-#: Sink kind → "module:Class", imported on first use.
-SINK_KINDS: dict[str, str] = {
-    "rtmidi": "brainharmonic_rt.sinks.rtmidi_port:RtMidiSink",
-    "midifile": "brainharmonic_rt.sinks.midifile:MidiFileSink",
-    "synth": "brainharmonic_rt.sinks.synth:SynthSink",
-    "memory": "brainharmonic_rt.sinks.base:MemorySink",
-}
 
 
 @runtime_checkable
@@ -50,20 +40,6 @@ class RecordsAudio(Protocol):
 
     def record_to(self, folder: Path) -> None:
         """Start keeping the audio in ``folder`` (if the sink was asked to record)."""
-
-
-def open_sink(kind: str, **kw: Any) -> Sink:
-    """Build a sink by name: ``"rtmidi"``, ``"midifile"``, ``"synth"`` or ``"memory"``.
-
-    ``kw`` go to the sink's constructor. The sink is not opened yet (call ``open``).
-    """
-    target = SINK_KINDS.get(kind)
-    if target is None:
-        raise ConfigError(f"Unknown sink {kind!r}; choose one of {', '.join(SINK_KINDS)}.")
-    module_name, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    sink: Sink = cls(**kw)
-    return sink
 
 
 def silence_messages(channels: Iterable[int]) -> list[mido.Message]:

@@ -2,8 +2,8 @@
 
 A source is an async context manager: connect in ``__aenter__`` (after which
 ``info`` is valid), release in ``__aexit__``, and deliver samples through the async
-iterator ``chunks()``. Live sources run on the wall clock (``realtime = True``);
-offline readers run as fast as the consumer takes them (``realtime = False``).
+iterator ``chunks()``. Live sources deliver on the wall clock; offline readers as fast as the
+consumer takes them (the pipeline chooses the clock: ``render`` or a live run).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ class Source(Protocol):
 
     @property
     def info(self) -> SignalInfo: ...
-
-    realtime: bool
 
     async def __aenter__(self) -> Self: ...
 

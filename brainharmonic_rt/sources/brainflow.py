@@ -205,8 +205,6 @@ class BrainFlowSource:
     ``time.monotonic()`` clock.
     """
 
-    realtime = True
-
     def __init__(self, board: BoardSettings, stream: StreamSettings, *, max_queue_seconds: float = 5.0) -> None:
         self.settings = board
         self.stream = stream

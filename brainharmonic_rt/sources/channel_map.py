@@ -74,7 +74,6 @@ class MappedSource:
     def __init__(self, source: Source, channel_map: ChannelMap) -> None:
         self.source = source
         self.map = channel_map
-        self.realtime = source.realtime
         self._idx = np.asarray(channel_map.indices, dtype=np.intp)
         self._info: SignalInfo | None = None
 

@@ -265,11 +265,9 @@ class ArraySource:
         Samples per chunk.
 
     ``markers`` lists (onset in seconds from the start, description), e.g. the
-    boundary of each concatenated file. Runs on a virtual clock (``realtime`` False):
+    boundary of each concatenated file. Runs on a virtual clock:
     chunks come as fast as they are consumed, the same every time.
     """
-
-    realtime = False
 
     def __init__(
         self,

@@ -175,8 +175,6 @@ class LSLSource:
     ahead of arrival, continuous across clock jumps, resent samples dropped.
     """
 
-    realtime = True
-
     def __init__(self, settings: StreamSettings, *, max_queue_seconds: float = 5.0) -> None:
         if not max_queue_seconds > 0:
             raise ValueError(f"max_queue_seconds must be > 0 s, got {max_queue_seconds}")

@@ -110,8 +110,6 @@ class OscSource:
     timestamps on ``time.monotonic()`` (see :class:`ArrivalClock`).
     """
 
-    realtime = True
-
     def __init__(self, settings: OscSettings, stream: StreamSettings, *, max_queue_seconds: float = 5.0) -> None:
         if settings.listen is None:
             raise ValueError("OscSource needs osc.listen ([HOST:]PORT)")
