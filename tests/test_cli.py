@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,16 @@ def test_demo_writes_mid_wav_png_and_a_summary(eegmat_dir: Path, tmp_path: Path)
         assert (tmp_path / "out" / name).stat().st_size > 1000, name
     assert "[rest]" in r.stdout and "[mental arithmetic]" in r.stdout
     assert len(mido.MidiFile(tmp_path / "out" / "demo.mid").tracks) >= 4
+    # MIDI channels are printed 0-based, as the config writes them (review: the summary printed them 1-based)
+    from brainharmonic_rt.config import Settings
+    from brainharmonic_rt.music.ensemble import resolve_instruments
+
+    mid = mido.MidiFile(tmp_path / "out" / "demo.mid")
+    used = {m.channel for t in mid.tracks for m in t if m.type == "note_on"}
+    printed = {int(x) for x in re.findall(r" channel +(\d+) ", r.stdout)}
+    assert printed and used <= printed, (used, printed, r.stdout)
+    defaults = resolve_instruments(["frontal", "central", "temporal", "parietal", "occipital"], Settings().music)
+    assert {i.channel for i in defaults.values()} == printed
 
 
 def test_fmri_npy_renders_with_its_preset(tmp_path: Path) -> None:

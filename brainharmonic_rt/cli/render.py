@@ -108,7 +108,7 @@ def _summary(result: Any, markers: Sequence[tuple[float, str]]) -> str:
     for name, inst in result.instruments.items():
         mine = [n for n in result.notes if n.instrument == name]
         lines.append(
-            f"  {name:<10} program {inst.program:>3} ch {inst.channel + 1:>2} {inst.role:<9} {len(mine):>5} notes"
+            f"  {name:<10} program {inst.program:>3} channel {inst.channel:>2} {inst.role:<9} {len(mine):>5} notes"
         )
     bounds = [*list(markers), (float("inf"), "")]
     for (t0, label), (t1, _) in itertools.pairwise(bounds):

@@ -127,7 +127,7 @@ def build_midi_file(
             continue
         if ch not in track_of:
             track_of[ch] = len(tracks)
-            tracks.append((f"channel {ch + 1}", []))
+            tracks.append((f"channel {ch}", []))  # 0-based, as everywhere (config, summaries)
         tracks[track_of[ch]][1].append((round(t * ticks_per_second), seq, msg))
     for name, items in tracks:
         track = mido.MidiTrack()
