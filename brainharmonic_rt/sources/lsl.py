@@ -32,12 +32,12 @@ from typing import Any, Self
 
 import numpy as np
 from mne_lsl.lsl import StreamInlet, resolve_streams
-from mne_lsl.lsl._utils import LostError
 
 from ..config import StreamSettings
 from ..errors import StreamError, StreamLostError, StreamNotFoundError
 from ..events import Chunk, SignalInfo
 from .handoff import Handoff
+from .mne_lsl_private import LostError, destroy
 from .timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class LSLSource:
         if expect is not None:
             problem = _difference(expect, info)
             if problem is not None:
-                await asyncio.to_thread(inlet._del)
+                await asyncio.to_thread(destroy, inlet)
                 raise StreamError(
                     f"LSL stream '{info.name}' came back with {problem}; "
                     "restart brainharmonic to use the new layout (the pipeline was built for the old one)."
@@ -421,7 +421,7 @@ class LSLSource:
             names = full.get_channel_names() or []
             units = full.get_channel_units() or []
         except (TimeoutError, LostError) as exc:
-            inlet._del()
+            destroy(inlet)
             raise StreamError(
                 f"LSL stream {_one_line(d)} was found but could not be opened ({exc}); "
                 "check that its host is reachable and try again."
@@ -449,7 +449,7 @@ class LSLSource:
             await asyncio.to_thread(thread.join, 2.0)
         if inlet is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(inlet._del)
+                await asyncio.to_thread(destroy, inlet)
 
     # -- reader thread -------------------------------------------------------------------
     def _read(

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import DataError
 from .channel_map import ChannelMap
 from .files import BIDSSelector, open_recordings, pick_channels, read_raw
+from .mne_lsl_private import destroy
 
 DEFAULT_NAME = "brainharmonic-replay"
 _TICK = 0.01  # s of signal per push: small enough to look smooth, large enough to be cheap
@@ -235,7 +236,7 @@ class RecordingPlayer:
         finally:
             for o in (outlet, markers):
                 if o is not None:
-                    o._del()
+                    destroy(o)
 
 
 class Replay:
