@@ -29,6 +29,7 @@ import pytest
 from brainharmonic_rt.config import load_settings
 from brainharmonic_rt.control.live import LiveControl
 from brainharmonic_rt.control.mqtt import Topics
+from brainharmonic_rt.music.ensemble_composer import EnsembleLearnedComposer
 from brainharmonic_rt.music.scales import pitch_classes
 from brainharmonic_rt.pipeline import LivePipeline
 from brainharmonic_rt.recording import read_jsonl
@@ -306,12 +307,15 @@ async def test_commands_change_the_music_and_bad_ones_change_nothing(
         reply, _, acked = await ctl.ask({"cmd": "set_mode", "mode": "learned"})
         assert reply["ok"] and reply["result"]["changed"], reply
         engine = rig.pipe.engine
-        assert engine is not None and engine.mode == "learned" and type(engine.composer).__name__ == "LearnedComposer"
-        await until(lambda: len(rig.ons(acked + 1.0)) >= 4, 20, "music from the learned generator")
-        assert engine.composer.tempo == 60.0 and (engine.composer.key, engine.composer.scale) == ("F#", "major")
-        assert {v.voice.temperature for v in engine.composer._voices} == {0.6}  # sent earlier, in classic mode
+        composer = engine.composer if engine is not None else None
+        assert isinstance(composer, EnsembleLearnedComposer) and engine is not None and engine.mode == "learned"
+        await until(lambda: len(rig.ons(acked + 1.0)) >= 4, 20, "music from the learned ensemble")
+        assert composer.tempo == 60.0 and (composer.key, composer.scale) == ("F#", "major")
+        assert composer.temperature == 0.6  # sent earlier, in classic mode
         reply, _, _ = await ctl.ask({"cmd": "set_temperature", "temperature": 0.9})
-        assert reply["ok"] and reply["result"]["applied_to"] == "LearnedComposer"
+        assert (
+            reply["ok"] and reply["result"]["applied_to"] == "EnsembleLearnedComposer" and composer.temperature == 0.9
+        )
         reply, _, acked = await ctl.ask({"cmd": "set_mode", "mode": "classic"})
         assert reply["ok"] and type(engine.composer).__name__ == "ClassicComposer"
         await until(lambda: len(rig.ons(acked + 1.0)) >= 4, 20, "music in classic mode again")
