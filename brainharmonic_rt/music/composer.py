@@ -325,3 +325,36 @@ class Composer(ABC, Generic[V]):
         """Record an instrument's new program (the caller sends the program change)."""
         v = self._voice(name)
         v.inst = v.inst.model_copy(update={"program": int(program)})
+
+
+class BeatBars:
+    """Bars started by beat position, for composers that decode ahead voice by voice (both learned ones).
+
+    The first voice to reach a bar starts it in the plan; after a key change (:meth:`_replan`) the bar in
+    progress is planned again from the next beat decoded, so the arbiter guards the new key at once.
+    """
+
+    _bar: int  #: index of the last bar started
+    _revise_bar: bool = False
+    plan: HarmonicPlan
+    arbiter: Arbiter
+    _timeline: Timeline
+
+    def _replan(self) -> None:
+        self._revise_bar = True
+
+    def _ensure_bar(self, beat: float) -> None:
+        """Start every plan bar up to the one holding ``beat``; first re-plan the bar in progress if asked."""
+        if self._revise_bar and self._bar >= 0:
+            self._revise_bar = False
+            self._begin_bar(self._bar, self._timeline.time_of_beat(max(beat, self._bar * BEATS_PER_BAR)))
+        while self._bar < int(beat // BEATS_PER_BAR + 1e-9):
+            self._bar += 1
+            self._begin_bar(self._bar, self._timeline.time_of_beat(self._bar * BEATS_PER_BAR))
+
+    def _begin_bar(self, index: int, t: float) -> None:
+        tempo = self._timeline.tempo
+        bar = self.plan.start_bar(index, t, tempo)
+        if abs(bar.tempo - tempo) > 1e-9:
+            self._timeline.retime(t, bar.tempo)  # the plan's own change: not a pin
+        self.arbiter.set_bar(bar)

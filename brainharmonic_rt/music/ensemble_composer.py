@@ -35,7 +35,7 @@ from ..brain.latent_map import LatentMap, SessionCentres
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError
 from ..events import BrainState, Note
-from .composer import SILENT_BELOW, Composer
+from .composer import SILENT_BELOW, BeatBars, Composer
 from .ensemble_grid import (
     LOW_PITCH,
     N_EVENT,
@@ -111,7 +111,7 @@ class _SpanStart:
     voices: list[tuple[Any, ...]]
 
 
-class EnsembleLearnedComposer(BrainSteering, Composer[_EVoice]):
+class EnsembleLearnedComposer(BrainSteering, BeatBars, Composer[_EVoice]):
     """Brain states → notes from the ensemble model (same contract as the other composers)."""
 
     def __init__(
@@ -228,6 +228,7 @@ class EnsembleLearnedComposer(BrainSteering, Composer[_EVoice]):
 
     def _key_changed(self) -> None:
         self._set_key(self._key, self._scale)
+        self._replan()
 
     def set_program(self, name: str, program: int) -> None:
         super().set_program(name, program)
@@ -275,15 +276,6 @@ class EnsembleLearnedComposer(BrainSteering, Composer[_EVoice]):
 
     def _time(self, beat: float) -> float:
         return self._timeline.time_of_beat(beat)
-
-    def _ensure_bar(self, beat: float) -> None:
-        while self._bar < int(beat // BEATS_PER_BAR + 1e-9):
-            self._bar += 1
-            t = self._time(self._bar * BEATS_PER_BAR)
-            bar = self.plan.start_bar(self._bar, t, self.tempo)
-            if abs(bar.tempo - self.tempo) > 1e-9:
-                self._timeline.retime(t, bar.tempo)
-            self.arbiter.set_bar(bar)
 
     def _advance(self, start: float) -> list[Note]:
         """Decode one grid step for every voice (one ONNX call); return the admitted notes from ``start`` on."""

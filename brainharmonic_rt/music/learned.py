@@ -40,7 +40,7 @@ from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ModelError
 from ..events import BrainState, Note
-from .composer import SILENT_BELOW, Composer
+from .composer import SILENT_BELOW, BeatBars, Composer
 from .constants import FORBID, HAT, KICK, SNARE
 from .generator import GeneratorModel, Voice, VoiceState, step_voices
 from .scales import pitch_classes
@@ -133,7 +133,7 @@ class _SpanStart:
     voices: list[_VoiceSnapshot]
 
 
-class LearnedComposer(BrainSteering, Composer[_LVoice]):
+class LearnedComposer(BrainSteering, BeatBars, Composer[_LVoice]):
     """Brain states → notes from the generator, one voice per instrument (same contract as ClassicComposer).
 
     Parameters
@@ -249,6 +249,7 @@ class LearnedComposer(BrainSteering, Composer[_LVoice]):
 
     def _key_changed(self) -> None:
         self._set_biases()
+        self._replan()
 
     def set_temperature(self, temperature: float) -> bool:
         """Sampling temperature of every voice from the next token on (an MQTT ``set_temperature``)."""
@@ -286,16 +287,6 @@ class LearnedComposer(BrainSteering, Composer[_LVoice]):
 
     def _time(self, beat: float) -> float:
         return self._timeline.time_of_beat(beat)
-
-    def _ensure_bar(self, beat: float) -> None:
-        """Start every plan bar up to the one holding ``beat`` (the first voice to get there does it)."""
-        while self._bar < int(beat // BEATS_PER_BAR + 1e-9):
-            self._bar += 1
-            t = self._time(self._bar * BEATS_PER_BAR)
-            bar = self.plan.start_bar(self._bar, t, self.tempo)
-            if abs(bar.tempo - self.tempo) > 1e-9:
-                self._timeline.retime(t, bar.tempo)  # the plan's own change: not a pin
-            self.arbiter.set_bar(bar)
 
     def _veto(self, v: _LVoice) -> Callable[[int], np.ndarray | None] | None:
         """The arbiter's say on a sampled pitch: None (allowed) or its full mask to sample again with."""
