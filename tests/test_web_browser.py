@@ -161,8 +161,8 @@ async def test_page_follows_a_replayed_recording_and_steers_it(
 
 
 def _readme_shot() -> Path | None:
-    """``BRAINHARMONIC_README_SHOT=path`` copies the live screenshot there (how docs/web.png was made)."""
+    """``BH_README_SHOT=path`` copies the live screenshot there (how docs/web.png was made)."""
     import os
 
-    value = os.environ.get("BRAINHARMONIC_README_SHOT")
+    value = os.environ.get("BH_README_SHOT")
     return Path(value) if value else None
