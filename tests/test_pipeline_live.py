@@ -218,31 +218,37 @@ async def test_looped_replay_plays_on_time_across_wraps(eegmat_dir: Path, source
 
 
 async def test_stalled_stream_is_one_loss_and_one_return(source_id: str, tmp_path: Path) -> None:
-    """An outlet that stays open but sends nothing for 5 x lost_after: lost once, back once it sends."""
+    """An outlet that stays open but sends nothing for 5 x lost_after: lost once, back once it sends.
+
+    Counted from the pause on: on a loaded machine the sender itself may starve for more than lost_after
+    before it (a real stall, rightly reported), which is not what this test is about."""
     port = f"bh-{uuid.uuid4().hex[:6]}"
     settings = _settings(source_id, port)
     with SyntheticOutlet(source_id, n_channels=8, sfreq=250.0) as outlet:
         pipe, task, reader = await _start(settings, tmp_path, port)
         try:
             await _until(lambda: pipe.stats.windows >= 4, 20, "windows")
+            await _until(lambda: pipe.stats.stream_losses == pipe.stats.reconnects, 10, "a connected stream")
+            losses, returns = pipe.stats.stream_losses, pipe.stats.reconnects
+            paused = time.time()
             outlet.paused.set()
             await asyncio.sleep(2.5)
-            assert (pipe.stats.stream_losses, pipe.stats.reconnects) == (1, 0)
+            assert (pipe.stats.stream_losses - losses, pipe.stats.reconnects - returns) == (1, 0)
             resumed = time.time()
             outlet.paused.clear()
-            await _until(lambda: pipe.stats.reconnects == 1, 10, "the return")
+            await _until(lambda: pipe.stats.reconnects == returns + 1, 10, "the return")
             back = time.monotonic()
             await _until(lambda: _notes_after(reader, back) >= 2, 20, "notes after the return")
             pipe.stop("test over")
             await asyncio.wait_for(task, 10)
         finally:
             reader.close()
-    events = read_jsonl(pipe.recorder.folder / "events.jsonl")  # type: ignore[union-attr]
+    events = [e for e in read_jsonl(pipe.recorder.folder / "events.jsonl") if e["wall"] >= paused]  # type: ignore[union-attr]
     kinds = [e["event"] for e in events]
     assert kinds.count("stream_lost") == 1 and kinds.count("stream_back") == 1, kinds
-    back = next(e for e in events if e["event"] == "stream_back")
-    assert back["wall"] >= resumed, "announced back before any sample arrived"
-    assert (pipe.stats.stream_losses, pipe.stats.reconnects) == (1, 1)
+    back_event = next(e for e in events if e["event"] == "stream_back")
+    assert back_event["wall"] >= resumed, "announced back before any sample arrived"
+    assert (pipe.stats.stream_losses - losses, pipe.stats.reconnects - returns) == (1, 1)
     assert unmatched_notes(reader.snapshot()) == {}
 
 

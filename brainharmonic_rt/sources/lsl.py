@@ -292,6 +292,7 @@ class LSLSource:
             "rate": rate,
             "queued_samples": self._handoff.queued_samples,
             "overlap_samples": overlap,
+            "squeezed_samples": counts.squeezed_samples if counts is not None else 0,
             "jumps_back": counts.jumps_back if counts is not None else 0,
             "jumps_forward": counts.jumps_forward if counts is not None else 0,
             "lag_reanchors": counts.lag_reanchors if counts is not None else 0,

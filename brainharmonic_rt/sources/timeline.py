@@ -24,9 +24,14 @@ shifted by an ``offset`` (0 until a fault) and then:
 
 Re-anchoring puts the block's newest sample at ``last + n / sfreq`` (continuous), or at its arrival
 where that would lie in the future or more than ``late`` in the past (samples really were lost).
-Output stamps are strictly increasing and never more than ``early`` ahead of arrival: a burst of more
-samples than real time can produce is cut there. Each kind is counted; :meth:`Timeline.admit`
-returns the first occurrence of each kind as one sentence for the log.
+Output stamps are strictly increasing and never more than ``early`` ahead of arrival. Samples that
+would land beyond that are one of two things, told apart by counting: a sender catching up after a
+stall (it pushes its backlog back to back, each chunk stamped when pushed: the samples are real and
+real time allowed them) is **squeezed** in under the ceiling, every sample kept; a burst of more
+samples than real time can produce (a looping player restamping a whole pass) is **cut** there. The
+count is a budget refilled at the nominal rate by arrival time, holding at most ``burst`` seconds.
+Each kind is counted; :meth:`Timeline.admit` returns the first occurrence of each kind as one sentence
+for the log.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ LATE = 0.5
 EARLY = 0.1
 #: Seconds a lag beyond ``LATE`` must last before the timeline is moved onto arrival.
 CONFIRM = 1.0
+#: Seconds of samples a sender may deliver beyond real time at once (catching up after a stall) and keep.
+BURST = 0.5
 
 
 @dataclass
@@ -51,6 +58,7 @@ class TimelineCounts:
     """What the timeline corrected, for telemetry (``LSLSource.stats()``)."""
 
     overlap_samples: int = 0  #: dropped: they repeated covered time or exceeded real time
+    squeezed_samples: int = 0  #: kept, stamps squeezed under the ceiling: a sender catching up after a stall
     jumps_back: int = 0  #: re-anchorings after the source clock stepped back (episodes)
     jumps_forward: int = 0  #: re-anchorings after it stepped forward (episodes)
     lag_reanchors: int = 0  #: re-anchorings onto arrival after a lasting lag
@@ -76,6 +84,7 @@ class Timeline:
         late: float = LATE,
         early: float = EARLY,
         confirm: float = CONFIRM,
+        burst: float = BURST,
     ) -> None:
         self.dt = 1.0 / sfreq
         self.name = name
@@ -91,6 +100,9 @@ class Timeline:
         self._late_since: float | None = None
         self._late_min = np.inf
         self._episode_end = -np.inf  # arrival until which a further re-anchoring is the same episode
+        self._capacity = burst * sfreq
+        self._budget = self._capacity  # samples real time allows beyond those delivered (see the module notes)
+        self._budget_at: float | None = None
 
     def admit(self, stamps: np.ndarray, arrival: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Check one block.
@@ -124,15 +136,34 @@ class Timeline:
             keep, out = self._correct(stamps, c, said)
         self._remember(stamps)
         ceiling = arrival + self.early
-        if out.size and out[-1] > ceiling:  # more samples than real time: keep the oldest up to now
-            fits = out <= ceiling
-            keep[np.flatnonzero(keep)[~fits]] = False
-            self.counts.overlap_samples += int((~fits).sum())
-            out = out[fits]
-            self._say("overlap", said)
+        if self._budget_at is None:  # the first block: the backlog read on subscribing came in real time too
+            self._budget = self._capacity + max(0.0, arrival - float(c[0])) / self.dt
+        else:
+            self._budget = min(self._capacity, self._budget + (arrival - self._budget_at) / self.dt)
+        self._budget_at = arrival
+        if out.size and out[-1] > ceiling:
+            keep, out = self._fit(keep, out, ceiling, said)
+        self._budget = max(-self._capacity, self._budget - out.size)
         if out.size:
             self._last = float(out[-1])
         return keep, out, said
+
+    def _fit(self, keep: np.ndarray, out: np.ndarray, ceiling: float, said: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Samples stamped beyond ``ceiling``: squeezed under it if real time allowed them, else cut."""
+        fits = out <= ceiling
+        over = int((~fits).sum())
+        floor = float(out[fits][-1]) if fits.any() else (self._last if self._last is not None else ceiling - self.early)
+        top = ceiling - self.early if floor < ceiling - self.early else ceiling - 1e-9  # the newest arrived now
+        if over <= self._budget - fits.sum() and top - floor > over * 1e-8:  # catching up: every sample is real
+            out = out.copy()
+            out[~fits] = np.linspace(floor, top, over + 1)[1:]
+            self.counts.squeezed_samples += over
+            self._say("squeezed", said)
+            return keep, out
+        keep[np.flatnonzero(keep)[~fits]] = False  # more samples than real time: keep the oldest up to now
+        self.counts.overlap_samples += over
+        self._say("overlap", said)
+        return keep, out[fits]
 
     # -- corrections ----------------------------------------------------------------------------
     def _remember(self, stamps: np.ndarray) -> None:
@@ -221,6 +252,8 @@ class Timeline:
                 "overlap": f"{stream} sent samples whose timestamps repeat time it had already covered (a resend, "
                 "duplicates) or more samples than real time allows; they are dropped and counted "
                 "(overlap_samples) so the music keeps time.",
+                "squeezed": f"{stream} delivered a backlog faster than real time (a sender catching up after a "
+                "stall); every sample is kept, their timestamps squeezed up to now (counted as squeezed_samples).",
                 "back": f"The timestamps of {stream} jumped back {size:.3g} s (was its clock reset?); the samples are "
                 "re-anchored to continue the session's timeline, so the music keeps time (counted as jumps_back).",
                 "forward": f"The timestamps of {stream} lie {size:.3g} s ahead of this machine's clock; the samples "
