@@ -6,7 +6,9 @@ Latency is measured inside the pipeline as time.monotonic() (== LSL local_clock)
 Scheduler.schedule() minus the window's last-sample timestamp.
 
     python benchmarks/bench_latency.py [--seconds 20] [--runs 3] [--channels 64] [--rate 1000]
-Target: p99 <= 5 ms (EEGsynth, measured on this machine: ~85 ms median sample -> MIDI note).
+                                       [--mode classic|learned|both]
+Target: p99 <= 3 ms in both modes (EEGsynth, measured on this machine: ~85 ms median sample -> MIDI note).
+Learned mode runs the ONNX encoder and the generator's composer on the same windows.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def push(source_id: str, n_ch: int, rate: float, seconds: float, ready: mp.Event
         n += 1
 
 
-async def one_run(seconds: float, n_ch: int, rate: float, use_midi: bool) -> list[float]:
+async def one_run(seconds: float, n_ch: int, rate: float, use_midi: bool, mode: str) -> list[float]:
     from brainharmonic_rt.config import load_settings
     from brainharmonic_rt.pipeline import LivePipeline
     from brainharmonic_rt.sources.lsl import LSLSource
@@ -56,7 +58,7 @@ async def one_run(seconds: float, n_ch: int, rate: float, use_midi: bool) -> lis
     proc = mp.get_context("spawn").Process(target=push, args=(sid, n_ch, rate, seconds + 1.0, ready))
     proc.start()
     ready.wait(30)
-    settings = load_settings(stream={"source_id": sid, "timeout": 10}, signal={"baseline": 5.0})
+    settings = load_settings(stream={"source_id": sid, "timeout": 10}, signal={"baseline": 5.0}, music={"mode": mode})
     sinks = []
     if use_midi:
         from brainharmonic_rt.sinks.rtmidi_port import RtMidiSink
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--no-midi", action="store_true")
+    ap.add_argument("--mode", choices=("classic", "learned", "both"), default="both")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -86,11 +89,13 @@ def main() -> None:
 
     use_midi = not args.no_midi and subprocess.run(["jack_lsp"], capture_output=True).returncode == 0
     print(f"# MIDI sink: {'JACK virtual port' if use_midi else 'none (no JACK server running)'}")
-    allv: list[float] = []
-    for k in range(args.runs):
-        print(f"run {k + 1}:")
-        allv += asyncio.run(one_run(args.seconds, args.channels, args.rate, use_midi))
-    print(f"all runs: {summary(allv)} (target p99 <= 5 ms)")
+    modes = ("classic", "learned") if args.mode == "both" else (args.mode,)
+    for mode in modes:
+        allv: list[float] = []
+        for k in range(args.runs):
+            print(f"{mode} run {k + 1}:")
+            allv += asyncio.run(one_run(args.seconds, args.channels, args.rate, use_midi, mode))
+        print(f"{mode}, all runs: {summary(allv)} (target p99 <= 3 ms)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Cost of each in-process stage on one core: signal chain per chunk, brain + composer per window.
 
     python benchmarks/bench_stages.py [--channels 64] [--rate 1000] [--chunk 1] [--seconds 60]
-                                      [--montage generic|1020] [--no-checks]
+                                      [--montage generic|1020] [--no-checks] [--mode classic|learned]
 Synthetic noise input (the cost does not depend on the content). Quote medians and p99.
 ``--montage 1020`` names the channels from the standard 10-05 system (so the blink detector has frontal
 channels to watch); ``--no-checks`` turns quality and artifact detection off, to measure what they cost.
@@ -29,13 +29,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--montage", choices=["generic", "1020"], default="generic")
     ap.add_argument("--no-checks", action="store_true", help="[quality] and [artifacts] off")
+    ap.add_argument("--mode", choices=("classic", "learned"), default="classic")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     checks = "off" if args.no_checks else "on"
     header(
         f"stage costs, {args.channels} ch @ {args.rate:g} Hz, chunks of {args.chunk} sample(s), one core, "
-        f"{args.montage} names, quality + artifact checks {checks}"
+        f"{args.montage} names, quality + artifact checks {checks}, {args.mode} mode"
     )
     names = tuple(f"E{i + 1}" for i in range(args.channels))
     if args.montage == "1020":
@@ -45,7 +46,8 @@ def main() -> None:
         names = tuple(pool[: args.channels])
     info = SignalInfo("bench", args.rate, names)
     enabled = {"enabled": not args.no_checks}
-    engine = Engine(info, load_settings(signal={"baseline": 5.0}, quality=enabled, artifacts=enabled))
+    settings = load_settings(signal={"baseline": 5.0}, quality=enabled, artifacts=enabled, music={"mode": args.mode})
+    engine = Engine(info, settings)
     rng = np.random.default_rng(0)
     block = 1e-5 * rng.standard_normal((args.channels, int(args.rate)))
     plain, completing, compose = [], [], []

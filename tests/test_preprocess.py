@@ -82,7 +82,9 @@ def test_chunked_filtering_equals_one_shot(reference: str) -> None:
     one = Preprocessor(_info(6), _settings(reference=reference)).process(x)
     pre = Preprocessor(_info(6), _settings(reference=reference))
     chunked = np.concatenate([pre.process(x[:, s]) for s in _chunks(x.shape[1], rng)], axis=1)
-    np.testing.assert_array_equal(chunked, one)  # bit for bit: the state carries everything
+    # The state carries everything: equal to rounding (a block is one matrix product, so where chunks cut
+    # changes the order of the sums; 2e-11 seen on unit-variance data with offsets up to 5).
+    np.testing.assert_allclose(chunked, one, rtol=0, atol=1e-10)
 
 
 def test_nan_chunk_never_poisons_output_and_channel_recovers() -> None:

@@ -36,10 +36,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     for family in (demo, live, render, models):
         family.add_commands(sub, lazy)
     words = [a for a in argv if not a.startswith("-")][:2]
-    for p, (module, func) in lazy.items():
+    for p, options in lazy.items():
         prog = p.prog.split()[1:]  # "brainharmonic train encoder" → ["train", "encoder"]
         if prog == words[: len(prog)] and (prog[0] not in _TWO_WORDS or len(prog) == 2):
-            getattr(importlib.import_module(module), func)(p)
+            for module, func in options:
+                getattr(importlib.import_module(module), func)(p)
     return parser
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

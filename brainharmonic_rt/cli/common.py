@@ -9,19 +9,23 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings, load_settings
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 #: (module, function) of options defined next to the code that uses them, by the parser they belong to:
 #: imported only when that command is the one being run (see ``cli.build_parser``).
-LazyOptions = dict[argparse.ArgumentParser, tuple[str, str]]
+LazyOptions = dict[argparse.ArgumentParser, list[tuple[str, str]]]
 
 
 def settings_from(args: argparse.Namespace, **sections: dict[str, Any]) -> Settings:
     overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
     overrides = {k: v for k, v in overrides.items() if v}
+    from ..config import load_settings
+
     return load_settings(getattr(args, "config", None), **overrides)
 
 
@@ -76,6 +80,8 @@ def open_input(args: argparse.Namespace) -> tuple[Any, Settings | None, list[tup
         source = ArraySource(sess.info, sess.data.astype("float64"), times)
         recorded = None
         if sess.config_toml and getattr(args, "config", None) is None:
+            from ..config import load_settings
+
             recorded = load_settings(first / "config.toml")
         return limit(source, args), recorded, []
     from ..sources.fmri import fmri_kind
@@ -175,4 +181,4 @@ def add_channel_options(p: argparse.ArgumentParser) -> None:
 
 def add_lazy(p: argparse.ArgumentParser, module: str, func: str, lazy: LazyOptions) -> None:
     """Options defined next to the code that uses them: added only when ``p``'s command runs."""
-    lazy[p] = (module, func)
+    lazy.setdefault(p, []).append((module, func))

@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings
 from ..errors import BrainharmonicError
 from . import audio
-from .common import LazyOptions, add_config, add_midi_clock, positive, settings_from
+from .common import LazyOptions, add_config, add_lazy, add_midi_clock, positive, settings_from
 from .live import live_source
 from .render import cmd_render
 from .surfaces import add_surface_arguments, live_surfaces, surface_overrides
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def add_commands(sub: Any, lazy: LazyOptions) -> None:
@@ -42,7 +44,7 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
         help="With --live: play a BrainFlow board live instead of the replayed recording (synthetic: no hardware).",
     )
     add_midi_clock(p)
-    audio.add_arguments(p)
+    add_lazy(p, "brainharmonic_rt.cli.audio", "add_arguments", lazy)  # imports the synth and Link
     add_surface_arguments(p)
     add_config(p)
     p.set_defaults(func=cmd_demo)
@@ -157,6 +159,7 @@ def _demo_board(
     args: argparse.Namespace, settings: Settings, sinks: list[Any], out: Path, port: str | None, heard: str
 ) -> int:
     """``demo --live --board NAME``: a BrainFlow board (``synthetic`` needs no hardware) played live."""
+    from ..config import Settings
     from ..pipeline import LivePipeline
 
     settings = Settings.model_validate(settings.model_dump() | {"board": {"name": args.board}})

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings, load_settings
 from ..errors import ConfigError
 from .common import positive
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 _FMRI_ONLY = (("atlas", "--atlas"), ("regions", "--regions"), ("region_labels", "--labels"))
 
@@ -64,5 +66,7 @@ def open_fmri_input(
     if labels is not None:
         overrides["signal"] = {"groups": read_labels_file(labels, source.info.ch_names)}
     # BOLD is slow: EEG bands do not fit a 1.4 Hz signal, so fMRI gets its own defaults unless --config is given.
+    from ..config import load_settings
+
     settings = load_settings(getattr(args, "config", None) or FMRI_PRESET, **overrides)
     return limit(source, args), settings, []

@@ -6,9 +6,8 @@ import argparse
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings, load_settings, settings_to_toml
 from ..errors import ConfigError
 from . import audio
 from .common import (
@@ -25,6 +24,9 @@ from .common import (
     settings_from,
 )
 from .surfaces import add_surface_arguments, live_surfaces, osc_source, surface_overrides
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def add_commands(sub: Any, lazy: LazyOptions) -> None:
@@ -51,7 +53,7 @@ def add_commands(sub: Any, lazy: LazyOptions) -> None:
     )
     add_lazy(p, "brainharmonic_rt.sources.brainflow", "add_board_arguments", lazy)
     add_midi_clock(p)
-    audio.add_arguments(p)
+    add_lazy(p, "brainharmonic_rt.cli.audio", "add_arguments", lazy)  # imports the synth and Link
     add_surface_arguments(p)
     mqtt = p.add_argument_group("MQTT control (see [control] in the config)")
     mqtt.add_argument("--mqtt", metavar="HOST[:PORT]", help="Connect to this MQTT broker for commands and telemetry.")
@@ -229,6 +231,8 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from ..config import load_settings, settings_to_toml
+
     settings = load_settings(args.config)
     print(settings_to_toml(settings))
     return 0

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
 from ..errors import BrainharmonicError
 from .common import (
     LazyOptions,
@@ -59,6 +58,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if recorded is not None:
         base = recorded.model_dump()
         base["music"].update({k: v for k, v in music_overrides(args).items() if v is not None})
+        from ..config import Settings
+
         settings = Settings.model_validate(base)
     else:
         settings = settings_from(args, music=music_overrides(args))

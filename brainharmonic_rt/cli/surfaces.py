@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import Settings, split_host_port
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..pipeline import LivePipeline
     from ..sources.osc import OscSource
 
@@ -54,6 +54,8 @@ def surface_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     text = getattr(args, "web", None)
     if text:
         try:
+            from ..config import split_host_port
+
             host, port = split_host_port(text, default_host="127.0.0.1")
         except ValueError as exc:
             raise ConfigError(f"--web {exc}.") from None

@@ -1,8 +1,8 @@
 """Causal filtering, re-referencing and channel health, chunk by chunk.
 
-Filters are IIR second-order sections run with :func:`scipy.signal.sosfilt` and a carried
-state, so filtering a stream in chunks of any size gives exactly the same output as
-filtering it in one go. The state is seeded from the first sample of each channel
+Filters are IIR second-order sections (designed and run by :mod:`.iir`, numpy only) with a
+carried state, so filtering a stream in chunks of any size gives the same output as filtering
+it in one go (to rounding). The state is seeded from the first sample of each channel
 (steady state for a constant input), so the output does not start with a step.
 
 Slow rates: the band-pass high edge is capped at 0.45 × sfreq; when that leaves no room
@@ -17,12 +17,12 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import signal as sps
 
 from ..config import SignalSettings
 from ..errors import ConfigError, DataError
 from ..events import SignalInfo
 from .channels import clean_name
+from .iir import SosFilter, butter_bandpass, notch, steady_state
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def design_filters(sfreq: float, settings: SignalSettings) -> FilterDesign:
         low, high = settings.bandpass
         high_eff = min(high, HIGH_EDGE_CAP * sfreq)
         if low < high_eff:
-            parts.append(sps.butter(BUTTER_ORDER, (low, high_eff), btype="bandpass", fs=sfreq, output="sos"))
+            parts.append(butter_bandpass(BUTTER_ORDER, low, high_eff, sfreq))
             applied.append(f"band-pass {low:g}-{high_eff:g} Hz (Butterworth, order {2 * BUTTER_ORDER})")
         else:
             log.warning(
@@ -65,13 +65,12 @@ def design_filters(sfreq: float, settings: SignalSettings) -> FilterDesign:
                 high_eff,
             )
     if 0 < settings.notch < nyquist:
-        b, a = sps.iirnotch(settings.notch, NOTCH_Q, fs=sfreq)
-        parts.append(sps.tf2sos(b, a))
+        parts.append(notch(settings.notch, NOTCH_Q, sfreq))
         applied.append(f"notch {settings.notch:g} Hz (Q {NOTCH_Q:g})")
     if not parts:
         return FilterDesign(None, None, ())
     sos = np.vstack(parts)
-    return FilterDesign(sos, sps.sosfilt_zi(sos), tuple(applied))
+    return FilterDesign(sos, steady_state(sos), tuple(applied))
 
 
 @dataclass(slots=True)
@@ -164,6 +163,7 @@ class Preprocessor:
         self._ref_mode, self._ref_idx = _reference(info, settings.reference)
         n_sections = 0 if self.design.sos is None else self.design.sos.shape[0]
         self._state = _FilterState.empty(n_sections, self.n_channels)
+        self._filter = None if self.design.sos is None else SosFilter(self.design.sos)
         self._all_good = np.ones(self.n_channels, dtype=bool)
 
     @property
@@ -202,16 +202,16 @@ class Preprocessor:
     # -- filtering ---------------------------------------------------------------------------------
 
     def _filter_clean(self, x: np.ndarray) -> np.ndarray:
-        """Fast path: every sample finite; one sosfilt call for all channels."""
-        st, sos = self._state, self.design.sos
+        """Fast path: every sample finite; all channels filtered together."""
+        st, sos = self._state, self._filter
         if sos is None:
             st.gap[:] = False
             return x.copy()
         fresh = ~st.seeded | st.gap
         if fresh.any():
             self._seed(fresh, x[fresh, 0])
-        out, st.zi = sps.sosfilt(sos, x, axis=-1, zi=st.zi)
-        return np.asarray(out)
+        out, st.zi = sos.apply(x, st.zi)
+        return out
 
     def _seed(self, channels: np.ndarray, first: np.ndarray | float) -> None:
         """Steady state for a constant input equal to each channel's first finite sample."""
@@ -227,7 +227,7 @@ class Preprocessor:
         Healthy channels are filtered together; each troubled channel is filtered run by
         run of finite samples, re-seeded at the start of each run. Non-finite samples → 0.
         """
-        st, sos = self._state, self.design.sos
+        st, sos = self._state, self._filter
         finite = np.isfinite(x)
         out = np.zeros_like(x)
         if sos is None:
@@ -240,14 +240,14 @@ class Preprocessor:
             fresh = ok[~st.seeded[ok] | st.gap[ok]]
             if fresh.size:
                 self._seed(fresh, x[fresh, 0])
-            y, zf = sps.sosfilt(sos, x[ok], axis=-1, zi=st.zi[:, ok, :])
+            y, zf = sos.apply(x[ok], st.zi[:, ok, :])
             out[ok] = y
             st.zi[:, ok, :] = zf
         for c in np.flatnonzero(~rows_ok):
             for a, b in _finite_runs(finite[c]):
                 if a > 0 or not st.seeded[c] or st.gap[c]:
                     self._seed(np.array([c]), x[c, a])
-                y, zf = sps.sosfilt(sos, x[c, a:b], zi=st.zi[:, c, :])
+                y, zf = sos.apply(x[c, a:b], st.zi[:, c, :])
                 out[c, a:b] = y
                 st.zi[:, c, :] = zf
             st.gap[c] = not finite[c, -1]

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import fft as sfft
 
 from ..config import ArtifactSettings, QualitySettings
 from ..events import ArtifactEvent, ChannelQuality, SignalInfo
@@ -57,7 +56,7 @@ class HopSpectrum:
         self._tc = t - t.mean()  # orthogonal to a constant: mean and slope fit independently
         self._tcc = float(self._tc @ self._tc) or 1.0
         self._taper = np.hanning(n) if n > 2 else np.ones(n)
-        freqs = sfft.rfftfreq(n, 1.0 / sfreq)
+        freqs = np.fft.rfftfreq(n, 1.0 / sfreq)
         df = freqs[1] - freqs[0] if freqs.size > 1 else sfreq
         mains = np.zeros(freqs.size, dtype=bool)
         for f0 in MAINS:
@@ -70,7 +69,7 @@ class HopSpectrum:
         """x : array (n_channels, n) of finite raw samples, time-ordered."""
         slope = (x @ self._tc) / self._tcc
         detrended = x - x.mean(axis=1, keepdims=True) - slope[:, None] * self._tc
-        spec = sfft.rfft(detrended * self._taper, axis=1)
+        spec = np.fft.rfft(detrended * self._taper, axis=1)
         power = spec.real**2 + spec.imag**2
         return np.asarray(power @ self._weights)
 
