@@ -243,18 +243,22 @@ async def test_osc_in_muse_drives_a_run_to_notes_and_recovers_from_a_pause() -> 
                 assert info.ch_names == ("TP9", "AF7", "AF8", "TP10") and info.sfreq == 256.0 and info.units == "uV"
                 await asyncio.sleep(1.0)
                 assert 230 < source.stats()["rate"] < 280
+                # counted from the pause: on a loaded machine the sender may starve for more than lost_after before it
+                # (a real gap, rightly reported), which is not what this test is about
+                await until(lambda: pipe.stats.stream_losses == pipe.stats.reconnects, 5, "a connected stream")
+                losses, returns, back = pipe.stats.stream_losses, pipe.stats.reconnects, source.stats()["reconnects"]
                 sender.paused.set()  # the phone app stops streaming
-                await until(lambda: pipe.stats.stream_losses == 1, 5, "the loss being noticed")
+                await until(lambda: pipe.stats.stream_losses == losses + 1, 5, "the loss being noticed")
                 paused_at = time.monotonic()
                 await asyncio.sleep(1.0)
                 sender.paused.clear()
-                await until(lambda: pipe.stats.reconnects == 1, 5, "the stream coming back")
+                await until(lambda: pipe.stats.reconnects == returns + 1, 5, "the stream coming back")
                 await until(lambda: any(t > paused_at + 1.0 for t, _ in note_ons(reader.snapshot())), 20, "music again")
                 assert not task.done()
                 muse = [a for _, addr, a in got if addr == "/muse/elements/alpha_absolute"]
                 assert muse and all(len(a) == 4 and all(math.isfinite(v) for v in a) for a in muse)
                 st = source.stats()
-                assert st["rejected"] == 0 and st["foreign"] == 0 and st["reconnects"] == 1
+                assert st["rejected"] == 0 and st["foreign"] == 0 and st["reconnects"] == back + 1
             finally:
                 sender.stop()
                 pipe.stop("test over")
