@@ -43,7 +43,7 @@ LONG = {
     "harp": InstrumentSettings(program=46, channel=3, low=60, high=91, velocity=(40, 100), role="texture"),
 }
 #: Onsets may trail the scheduled time by the rest of a JACK period (5.3 ms at the tests' 256 frames),
-#: FluidSynth's first block and scheduling noise on a shared 2-core machine; never lead it by much.
+#: FluidSynth's first block and scheduling noise on a shared 2-core machine.
 #: Onsets line up with their notes within this (ms); the recorder's frame → time mapping in a Python JACK client
 #: can be ~10 ms off on a loaded machine (seen once: -10.7 ms). The timing itself is measured by bench_synth.py.
 EARLY_MS, LATE_MS = 15.0, 25.0
