@@ -242,7 +242,7 @@ async def test_osc_in_muse_drives_a_run_to_notes_and_recovers_from_a_pause() -> 
                 info = source.info
                 assert info.ch_names == ("TP9", "AF7", "AF8", "TP10") and info.sfreq == 256.0 and info.units == "uV"
                 await asyncio.sleep(1.0)
-                assert 230 < source.stats()["rate"] < 280
+                assert 220 < source.stats()["rate"] < 300  # 256 Hz, measured over a few loaded seconds
                 # counted from the pause: on a loaded machine the sender may starve for more than lost_after before it
                 # (a real gap, rightly reported), which is not what this test is about
                 await until(lambda: pipe.stats.stream_losses == pipe.stats.reconnects, 5, "a connected stream")

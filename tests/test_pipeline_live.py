@@ -156,12 +156,17 @@ def _notes_after(reader: MidiReader, t: float) -> int:
 
 
 def _assert_continuous(folder: Path, hop: float) -> None:
-    """Every window recorded, in order, a hop apart in session time (no jump, no index skipped)."""
+    """Every window recorded, in order, a hop apart in session time (no jump, no index skipped).
+
+    A sender catching up after a stall on a loaded machine has its backlog's stamps squeezed (every sample
+    kept): a window may then follow the previous one by less than a hop, never by a jump."""
     states = read_jsonl(folder / "states.jsonl")
     index = np.array([s["index"] for s in states])
     t_end = np.array([s["t"] for s in states])
     assert np.all(np.diff(index) == 1), f"window indices skip: {index[np.flatnonzero(np.diff(index) != 1)]}"
-    np.testing.assert_allclose(np.diff(t_end), hop, atol=0.1)  # a sender's push jitter moves them a little
+    gaps = np.diff(t_end)
+    assert np.all(gaps > 0) and gaps.max() < hop + 0.1, f"session time jumps: {gaps.round(3)}"
+    assert abs(np.median(gaps) - hop) < 0.01, f"windows are not a hop apart: {gaps.round(3)}"
 
 
 async def test_clock_stepping_back_keeps_windows_and_notes_on_time(source_id: str, tmp_path: Path) -> None:

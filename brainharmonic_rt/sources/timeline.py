@@ -50,7 +50,7 @@ EARLY = 0.1
 #: Seconds a lag beyond ``LATE`` must last before the timeline is moved onto arrival.
 CONFIRM = 1.0
 #: Seconds of samples a sender may deliver beyond real time at once (catching up after a stall) and keep.
-BURST = 0.5
+BURST = 1.0
 
 
 @dataclass
