@@ -190,12 +190,12 @@ def muse_dir(eegmat_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def fold_models(eegmat_dir: Path, muse_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny cross-validation models over Subject00..03 (+ the Muse recording for self-supervision).
 
-    Fold 0 also uses the supervised rest/task term on its training subjects.
+    Fold 0 also uses the supervised rest/task term on its training subjects, fold 1 the fixed spectral features.
     """
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("cv")
     out = []
-    for k, extra in enumerate((["--supervised-weight", "1"], [])):
+    for k, extra in enumerate((["--supervised-weight", "1"], ["--spectral-bins", "8"])):
         path = folder / f"f{k}.onnx"
         p = argparse.ArgumentParser()
         add_train_arguments(p)
@@ -219,6 +219,7 @@ def test_fold_models_hold_out_their_fold_and_say_what_supervised_them(fold_model
     assert card is not None and "rest/task labels of the 2 training subjects" in card
     assert "validation rest/task (state head)" in card and "--supervised-weight 1" in card
     assert "none (no labels used" in str(read_section(fold_models[1].with_suffix(".md"), "training"))
+    assert '"spectral_bins": 8' in str(read_section(fold_models[1].with_suffix(".md"), "training"))
     # The codebook travels in the metadata, so token distances can be measured from the ONNX file alone.
     model = EncoderModel.load(EncoderSettings(model=fold_models[0]))
     ckpt = torch.load(fold_models[0].with_suffix(".pt"), weights_only=True)
@@ -296,3 +297,19 @@ def test_supervised_batches_centre_each_subject_on_its_calibration(eegmat_dir: P
     assert u[0, 0] == pytest.approx(-1.0) and u[11, 0] == pytest.approx(-1.0)  # 0 - mean(0, 1, 2); 11 - mean(11..13)
     with pytest.raises(ValueError, match="supervision needs rest\\+task sessions"):
         LabelledSampler([s for s in sessions if False], cfg, AugmentConfig())
+
+
+def test_spectral_features_are_log_band_powers_of_the_window() -> None:
+    """The fixed DFT branch measures a sine's power in the bin holding its frequency, nowhere else."""
+    from brainharmonic_rt.training.model import spectral_matrices
+
+    cfg = ModelConfig(spectral_bins=8)
+    dft, bins = spectral_matrices(cfg)
+    t = torch.arange(cfg.n_samples) / cfg.sfreq
+    x = torch.sin(2 * torch.pi * 10.0 * t)[None]
+    coef = x @ dft
+    n = coef.shape[1] // 2
+    power = (coef[:, :n] ** 2 + coef[:, n:] ** 2) @ bins
+    edges = np.logspace(0, np.log10(40), 9)
+    assert int(power.argmax()) == int(np.searchsorted(edges, 10.0) - 1)
+    assert float(power.max()) > 100 * float(power.sort(descending=True).values[0, 1])

@@ -53,6 +53,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate (default 2e-3).")
     p.add_argument("--latent-dim", type=int, default=32, help="Latent size D (default 32).")
     p.add_argument("--codebook-size", type=int, default=64, help="Brain tokens K (default 64).")
+    p.add_argument(
+        "--spectral-bins",
+        type=int,
+        default=0,
+        help="Fixed log band powers per channel (log-spaced bins, 1-40 Hz) fed beside the learned filters "
+        "(default 0 = none).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default 0).")
     p.add_argument(
         "--val-subjects",
@@ -150,6 +157,7 @@ def _command(args: argparse.Namespace) -> str:
         "lr",
         "latent_dim",
         "codebook_size",
+        "spectral_bins",
         "seed",
         "val_subjects",
         "subjects",
@@ -204,9 +212,17 @@ def train_encoder(args: argparse.Namespace) -> int:
     from .supervised import SupervisedConfig
 
     t_start = time.monotonic()
-    if args.steps < 1 or args.pairs < 2 or args.hop <= 0 or args.threads < 1 or args.supervised_weight < 0:
+    if (
+        args.steps < 1
+        or args.pairs < 2
+        or args.hop <= 0
+        or args.threads < 1
+        or args.supervised_weight < 0
+        or args.spectral_bins < 0
+    ):
         raise ConfigError(
-            "--steps must be >= 1, --pairs >= 2, --hop > 0, --threads >= 1 and --supervised-weight >= 0; "
+            "--steps must be >= 1, --pairs >= 2, --hop > 0, --threads >= 1, --supervised-weight >= 0 and "
+            "--spectral-bins >= 0; "
             "fix the option."
         )
     settings = load_settings(getattr(args, "config", None))
@@ -220,7 +236,7 @@ def train_encoder(args: argparse.Namespace) -> int:
     device = _device(args.device)
     sessions = discover_all(args.data, _subjects(args.subjects))
     train_names, val_names = split_subjects(sessions, args.val_subjects)
-    mcfg = ModelConfig(latent_dim=args.latent_dim, codebook_size=args.codebook_size)
+    mcfg = ModelConfig(latent_dim=args.latent_dim, codebook_size=args.codebook_size, spectral_bins=args.spectral_bins)
     spec = EncoderSpec(mcfg.sfreq, mcfg.n_samples, mcfg.latent_dim, mcfg.codebook_size, sig.bandpass, INPUT_CLIP, "dev")
     arrays: list[SessionArrays] = []
     for files in tqdm(sessions, desc="prepare windows", disable=args.no_progress, unit="session"):
