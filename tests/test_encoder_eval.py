@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from brainharmonic_rt.brain.encoder import EncoderModel
 from brainharmonic_rt.config import Settings
 from brainharmonic_rt.errors import DataError
-from brainharmonic_rt.evaluation.encoder import add_eval_arguments, eval_encoder, evaluate, format_report
+from brainharmonic_rt.evaluation.encoder import (
+    BASELINE_BANDS,
+    FEATURES,
+    SubjectData,
+    collect,
+    evaluate,
+    token_distances,
+)
 from brainharmonic_rt.evaluation.modelcard import read_section, write_section
 from brainharmonic_rt.evaluation.probe import (
     balanced_accuracy,
@@ -79,26 +85,38 @@ def test_model_card_sections_are_rewritten_in_place(tmp_path: Path) -> None:
     assert read_section(card, "nothing") is None
 
 
-def test_eval_encoder_on_three_subjects(eegmat_dir: Path, tmp_path: Path, capsys) -> None:
-    p = argparse.ArgumentParser()
-    add_eval_arguments(p)
-    out, card = tmp_path / "m.json", tmp_path / "card.md"
-    argv = ["--data", str(eegmat_dir), "--subjects", "Subject00,Subject01,Subject03", "--folds", "3"]
-    args = p.parse_args([*argv, "--json", str(out), "--card", str(card), "--no-progress"])
-    assert eval_encoder(args) == 0
-    printed = capsys.readouterr().out
-    r = json.loads(out.read_text())
-    assert r["subjects"] == ["Subject00", "Subject01", "Subject03"] and len(r["folds"]) == 3
-    assert r["windows"]["rest"] > 3 * 600 and r["windows"]["task"] > 3 * 200
-    for feats in ("latent", "latent_z", "bandpower"):
-        assert 0.0 <= r["probe"][feats]["pooled"] <= 1.0 and len(r["probe"][feats]["folds"]) == 3
-    assert r["val_subjects"] == ["Subject03"]  # the committed model never trained on Subject03
-    assert set(r["probe_val_subjects"]) == {"latent", "latent_z", "bandpower"}
-    cb = r["codebook"]
-    assert 1.0 <= cb["perplexity_val"] <= 64 and 1 <= cb["codes_used_all"] <= 64
-    assert sum(s for _, s in cb["per_condition"]["rest"]["top"]) <= 1.0 + 1e-6
-    assert r["similarity"]["within_subject"] > 0 and r["similarity"]["subject_ratio"] > 0
-    assert "Rest vs mental arithmetic" in printed and read_section(card, "metrics") == format_report(r).strip()
+def test_a_model_that_saw_everyone_cannot_be_evaluated(eegmat_dir: Path) -> None:
+    # The committed model trained on Subject00 and Subject01: with only those, nobody unseen is left.
+    with pytest.raises(DataError, match="nobody it never saw"):
+        evaluate(eegmat_dir, Settings(), subjects=["Subject00", "Subject01"], progress=False)
+
+
+def test_band_power_baseline_features(eegmat_dir: Path) -> None:
+    """The per-channel baselines: 19 channels x 5 bands, centred and z-scored against the session's calibration."""
+    files = discover_sessions(eegmat_dir, ["Subject00"])[0]
+    d = collect(files, Settings(), EncoderModel.load())
+    n = d.label.size
+    assert d.features["bp"].shape == (n, 19 * len(BASELINE_BANDS)) and d.features["latent"].shape == (n, 32)
+    assert set(np.unique(d.label)) == {0, 1} and d.token.shape == (n,)
+    # Log band powers (V^2): eegmat EEG is tens of microvolts, so band powers are around 1e-12..1e-9.
+    assert -16 < np.median(d.features["bp"]) < -8
+    # Centring removes the person's level: rest windows centred on ~0, raw ones far from it.
+    rest = d.label == 0
+    assert abs(np.median(d.features["bp_c"][rest])) < 0.3 < abs(np.median(d.features["bp"][rest]))
+    assert np.abs(d.features["bp_z"]).max() <= Settings().signal.z_clip
+    for f in FEATURES:
+        assert np.isfinite(d.features[f]).all()
+
+
+def test_token_distances_and_similarity_statistics() -> None:
+    codes = np.eye(4, dtype=np.float32)
+    label = np.array([0] * 10 + [1] * 10)
+    same_state = SubjectData("s", label, {"latent": np.ones((20, 4))}, np.array([0] * 10 + [1] * 10))
+    same, other = token_distances(same_state, codes)
+    assert same == 0.0 and other == 1.0
+    mixed = SubjectData("s", label, {"latent": np.ones((20, 4))}, np.array([0, 1] * 10))
+    same, other = token_distances(mixed, codes)
+    assert same == pytest.approx(other, abs=0.06)
 
 
 def test_eval_needs_rest_and_task_sessions(tmp_path: Path, eegmat_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,152 @@ def test_subject_split_and_bad_options(eegmat_dir: Path, tmp_path: Path) -> None
         train_encoder(train_args(tmp_path / "nowhere", tmp_path / "x.onnx"))
     with pytest.raises(ConfigError, match="--steps must be >= 1"):
         train_encoder(train_args(eegmat_dir, tmp_path / "x.onnx", "--steps", "0"))
+
+
+# ----------------------------------------------------------------------------- several headsets, supervision, CV
+FOLD_SUBJECTS = "Subject00,Subject01,Subject02,Subject03"
+
+
+@pytest.fixture(scope="module")
+def muse_dir(eegmat_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-channel Muse-like recording (TP9 AF7 AF8 TP10 at 256 Hz) made from 40 s of real eegmat EEG."""
+    import mne
+    from scipy.signal import resample_poly
+
+    raw = mne.io.read_raw_edf(eegmat_dir / "Subject05_1.edf", preload=True, verbose="error")
+    data = raw.get_data(picks=["EEG T3", "EEG F7", "EEG F8", "EEG T4"])[:, : 40 * 500]
+    info = mne.create_info(["TP9", "AF7", "AF8", "TP10"], 256.0, "eeg")
+    folder = tmp_path_factory.mktemp("muse")
+    mne.io.RawArray(resample_poly(data, 64, 125, axis=1), info, verbose="error").save(
+        folder / "sub-901_ses-1_task-cueing_raw.fif", verbose="error"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fold_models(eegmat_dir: Path, muse_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny cross-validation models over Subject00..03 (+ the Muse recording for self-supervision).
+
+    Fold 0 also uses the supervised rest/task term on its training subjects, fold 1 the fixed spectral features.
+    """
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("cv")
+    out = []
+    for k, extra in enumerate((["--supervised-weight", "1"], ["--spectral-bins", "8"])):
+        path = folder / f"f{k}.onnx"
+        p = argparse.ArgumentParser()
+        add_train_arguments(p)
+        args = p.parse_args(["--data", str(eegmat_dir), str(muse_dir), "--out", str(path),
+                             "--subjects", f"{FOLD_SUBJECTS},sub-901", "--seconds", "30", "--steps", "6",
+                             "--pairs", "16", "--eval-every", "3", "--val-subjects", f"fold:{k}/2",
+                             "--no-progress", *extra])  # fmt: skip
+        assert train_encoder(args) == 0
+        out.append(path)
+    return out
+
+
+def test_fold_models_hold_out_their_fold_and_say_what_supervised_them(fold_models: list[Path]) -> None:
+    metas = [EncoderModel.load(EncoderSettings(model=p)).model.meta for p in fold_models]
+    assert metas[0]["val_subjects"] == "Subject00,Subject02" and metas[1]["val_subjects"] == "Subject01,Subject03"
+    assert metas[0]["train_subjects"] == "Subject01,Subject03,sub-901"
+    assert metas[0]["supervision"] == "rest/task labels of the training subjects"
+    assert "rest/task" in metas[0]["objective"]
+    assert metas[1]["supervision"] == "none" and "rest/task" not in metas[1]["objective"]
+    card = read_section(fold_models[0].with_suffix(".md"), "training")
+    assert card is not None and "rest/task labels of the 2 training subjects" in card
+    assert "validation rest/task (state head)" in card and "--supervised-weight 1" in card
+    assert "none (no labels used" in str(read_section(fold_models[1].with_suffix(".md"), "training"))
+    assert '"spectral_bins": 8' in str(read_section(fold_models[1].with_suffix(".md"), "training"))
+    # The codebook travels in the metadata, so token distances can be measured from the ONNX file alone.
+    model = EncoderModel.load(EncoderSettings(model=fold_models[0]))
+    ckpt = torch.load(fold_models[0].with_suffix(".pt"), weights_only=True)
+    assert np.array_equal(model.codebook, ckpt["state_dict"]["codebook"].numpy())
+
+
+def test_cross_validated_eval_tests_every_subject_once(
+    fold_models: list[Path], eegmat_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from brainharmonic_rt.evaluation.encoder import FEATURES, add_eval_arguments, eval_encoder, format_report
+
+    p = argparse.ArgumentParser()
+    add_eval_arguments(p)
+    out, card = tmp_path / "m.json", tmp_path / "card.md"
+    args = p.parse_args(["--data", str(eegmat_dir), "--cv", *map(str, fold_models), "--subjects", FOLD_SUBJECTS,
+                         "--json", str(out), "--card", str(card), "--no-progress"])  # fmt: skip
+    assert eval_encoder(args) == 0
+    r = json.loads(out.read_text())
+    assert r["subjects"] == FOLD_SUBJECTS.split(",")
+    assert {s: r["per_subject"][s]["fold"] for s in r["subjects"]} == {
+        "Subject00": 0, "Subject01": 1, "Subject02": 0, "Subject03": 1,
+    }  # fmt: skip
+    assert [m["trained_on"] for m in r["models"]] == [2, 2]
+    for f in FEATURES:
+        per = [r["per_subject"][s][f] for s in r["subjects"]]
+        assert r["probe"][f]["mean"] == pytest.approx(np.mean(per), abs=1e-3) and min(per) >= 0.0
+    best = max(("bp", "bp_c", "bp_z", "classic"), key=lambda f: r["probe"][f]["mean"])
+    assert r["strongest_baseline"] == best
+    assert r["targets"]["margin_over_strongest"] == pytest.approx(
+        r["probe"]["latent_c"]["mean"] - r["probe"][best]["mean"], abs=1e-3
+    )
+    assert len(r["codebook"]["perplexity_per_fold"]) == 2
+    td = r["token_distance"]
+    assert td["subjects"] == 4 and 0.0 <= td["same_state"] <= 2.0 and 0.0 <= td["other_state"] <= 2.0
+    assert all("token_same" in r["per_subject"][s] for s in r["subjects"])
+    printed = capsys.readouterr().out
+    assert "never-seen subjects" in printed and "Subject03 | 1 |" in printed
+    assert read_section(card, "metrics") == format_report(r).strip()
+    # The same model twice holds out the same subjects twice: not a cross-validation.
+    args = p.parse_args(["--data", str(eegmat_dir), "--cv", str(fold_models[0]), str(fold_models[0]),
+                         "--subjects", FOLD_SUBJECTS, "--no-progress"])  # fmt: skip
+    with pytest.raises(DataError, match="held out by both"):
+        eval_encoder(args)
+
+
+def test_batches_hold_one_headset_and_both_are_drawn(rest_arrays, muse_dir: Path) -> None:
+    from brainharmonic_rt.config import SignalSettings as Sig
+
+    files = discover_sessions(muse_dir)[0]
+    spec = EncoderSpec(125.0, 250, 32, 64, (1.0, 40.0), 20.0, "test")
+    muse = prepare_arrays(open_session(files), Sig(hop=0.5), spec)
+    assert muse.x.shape[1:] == (4, 250) and list(muse.region) == [3, 1, 1, 3]  # temporal, frontal
+    sampler = PairSampler([rest_arrays, muse], AugmentConfig(p_all_channels=1.0))
+    rng = np.random.default_rng(0)
+    widths = {sampler.sample(rng, 8).a.x.shape[1] for _ in range(20)}
+    assert widths == {4, 19}  # never a 19-channel cap cut down to 4 because one Muse window was drawn
+
+
+def test_supervised_batches_centre_each_subject_on_its_calibration(eegmat_dir: Path) -> None:
+    from brainharmonic_rt.training.supervised import LabelledSampler, SupervisedConfig, centred
+
+    spec = EncoderSpec(125.0, 250, 32, 64, (1.0, 40.0), 20.0, "test")
+    sessions = [
+        prepare_arrays(open_session(f, seconds=40), SignalSettings(hop=0.5), spec)
+        for f in discover_sessions(eegmat_dir, ["Subject00", "Subject01", "Subject02"])
+    ]
+    cfg = SupervisedConfig(weight=1.0, subjects=2, calibration=3, per_state=4)
+    sampler = LabelledSampler(sessions, cfg, AugmentConfig())
+    batch = sampler.sample(np.random.default_rng(0))
+    assert batch.view.x.shape[0] == 2 * (3 + 2 * 4)
+    assert batch.subject.tolist() == [0] * 11 + [1] * 11
+    assert batch.state.tolist()[:11] == [-1] * 3 + [0] * 4 + [1] * 4
+    z = torch.arange(22, dtype=torch.float32)[:, None].repeat(1, 2)
+    u = centred(z, batch.subject, batch.calibration)
+    assert u[0, 0] == pytest.approx(-1.0) and u[11, 0] == pytest.approx(-1.0)  # 0 - mean(0, 1, 2); 11 - mean(11..13)
+    with pytest.raises(ValueError, match="supervision needs rest\\+task sessions"):
+        LabelledSampler([s for s in sessions if False], cfg, AugmentConfig())
+
+
+def test_spectral_features_are_log_band_powers_of_the_window() -> None:
+    """The fixed DFT branch measures a sine's power in the bin holding its frequency, nowhere else."""
+    from brainharmonic_rt.training.model import spectral_matrices
+
+    cfg = ModelConfig(spectral_bins=8)
+    dft, bins = spectral_matrices(cfg)
+    t = torch.arange(cfg.n_samples) / cfg.sfreq
+    x = torch.sin(2 * torch.pi * 8.0 * t)[None]  # inside the 6.3-10 Hz bin (10 Hz sits on an edge)
+    coef = x @ dft
+    n = coef.shape[1] // 2
+    power = (coef[:, :n] ** 2 + coef[:, n:] ** 2) @ bins
+    edges = np.logspace(0, np.log10(40), 9)
+    assert int(power.argmax()) == int(np.searchsorted(edges, 8.0) - 1)
+    assert float(power.max()) > 100 * float(power.sort(descending=True).values[0, 1])

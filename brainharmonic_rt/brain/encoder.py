@@ -26,6 +26,7 @@ ONNX contract (format "1")::
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -52,6 +53,14 @@ REGION_NAMES: tuple[str, ...] = ("unknown", *REGIONS)
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "encoder.onnx"
 MIN_RATE_FACTOR = 2.0  # a stream must resolve the model's band-pass high edge: sfreq >= 2 × high
 STD_FLOOR = 1e-30  # log10 of an exactly flat channel's std would be -inf
+CODEBOOK_KEY = "codebook"  # metadata: base64 of the (K, D) little-endian float32 code vectors
+
+
+def encode_codebook(codes: np.ndarray) -> str:
+    """(K, D) code vectors → the ``codebook`` metadata string."""
+    return base64.b64encode(np.ascontiguousarray(codes, dtype="<f4").tobytes()).decode("ascii")
+
+
 _REQUIRED = (
     "sfreq",
     "n_samples",
@@ -165,6 +174,24 @@ class EncoderModel:
             hint="train one with `brainharmonic train encoder --data DIR --out PATH` or set [encoder] model",
         )
         return cls(model)
+
+    @property
+    def codebook(self) -> np.ndarray | None:
+        """The K unit code vectors (K, D) float32 from the ``codebook`` metadata (None in older models).
+
+        Tokens are indices into these; the cosine distance of two codes is the distance of two tokens.
+        """
+        raw = self.model.meta.get(CODEBOOK_KEY)
+        if raw is None:
+            return None
+        k, d = self.spec.codebook_size, self.spec.latent_dim
+        try:
+            codes = np.frombuffer(base64.b64decode(raw), dtype="<f4").reshape(k, d)
+        except ValueError:
+            raise ModelError(
+                f"{self.model.path} has a malformed codebook entry (expected {k} x {d} float32); export it again."
+            ) from None
+        return codes.astype(np.float32)
 
     def encode(
         self, x: np.ndarray, region: np.ndarray, group_mask: np.ndarray

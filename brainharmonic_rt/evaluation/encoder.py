@@ -1,17 +1,27 @@
-"""`brainharmonic eval encoder`: how well the learned latent space separates states and people.
+"""`brainharmonic eval encoder`: does the learned latent tell rest from task on people it never saw?
+
+Protocol (one rule: a subject is tested only by a model that never saw it, self-supervised
+training included). Each model evaluated names its training subjects in its metadata; its
+*held-out* subjects are the rest+task subjects of ``--data`` it was not trained on. With
+``--cv`` several models (one training run per fold, `train encoder --val-subjects fold:K/N`)
+together hold out every subject once: subject-level cross-validation of the training recipe.
 
 Sessions are lived as in a live run: each subject's rest recording followed by their task
-recording, through the runtime's own chain and :class:`LearnedBrain` (baseline at the start
-of the session). Windows are labelled by time (rest / task); windows that straddle the
-two recordings are left out. Every number below comes from one call of :func:`evaluate`:
+recording, through the runtime's own chain and :class:`LearnedBrain` (baseline at the start of
+the rest). Windows that straddle the two recordings, windows with a bad channel and the
+calibration windows themselves are left out of the probe. For each model:
 
-* linear probe (rest vs task), leave-subjects-out, folds by subject: on the global latent,
-  on the global latent z-scored against the session baseline (as a consumer normalises it),
-  and the band-power baseline (the classic brain's baseline z-scores) with the same probe;
-* the same probes with the encoder's own validation subjects as the only test set (those
-  the self-supervised training never saw);
-* codebook perplexity (validation subjects and all), token histograms per condition;
+* a linear probe (rest vs task; :mod:`.probe`) is fitted on the windows of the subjects the
+  model trained on and tested on each held-out subject, per subject;
+* the same probe, same subjects, same windows, on band-power baselines: per-channel log band
+  powers (delta..gamma) raw, session-centred and robust-z-scored against the session's
+  calibration (as the classic brain scores them), and the classic brain's own z-scores;
+* codebook perplexity on the held-out subjects; within each held-out subject the cosine
+  distance between the code vectors of tokens of the same state and of the other state;
 * latent distances within vs between subjects, and between vs within conditions.
+
+The headline feature (fixed before any measurement) is the session-centred global latent,
+because that is what the learned composer reads (:class:`~.latent_map.SessionCentre`).
 """
 
 from __future__ import annotations
@@ -28,35 +38,57 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..brain.bandpower import BandPower, decimation_step
 from ..brain.encoder import EncoderModel, LearnedBrain
+from ..brain.latent_map import SessionCentre
 from ..brain.normalize import BaselineNormalizer
 from ..config import Settings, load_settings
 from ..errors import DataError
 from .modelcard import write_section
-from .probe import ProbeScore, leave_subjects_out, perplexity, subject_folds
+from .probe import balanced_accuracy, fit_probe, perplexity
 from .sessions import SessionFiles, discover_sessions, open_session, session_windows
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("rest", "task")
 SIMILARITY_PER_CELL = 60  # windows per (subject, condition) for the distance statistics
-FEATURE_SETS = {
-    "latent": "global latent (as BrainState.latent)",
-    "latent_z": "global latent, z-scored vs session baseline",
-    "bandpower": "band-power baseline (classic z-scores, 5 groups x 3 bands)",
+POWER_FLOOR = 1e-30
+#: Per-channel baseline bands (Hz): the classic five, gamma capped by the 40 Hz band-pass.
+BASELINE_BANDS = {
+    "delta": (1.0, 4.0),
+    "theta": (4.0, 8.0),
+    "alpha": (8.0, 13.0),
+    "beta": (13.0, 30.0),
+    "gamma": (30.0, 40.0),
 }
+HEADLINE = "latent_c"
+ENCODER_FEATURES = {
+    "latent_c": "global latent, session-centred (as the learned composer reads it)",
+    "latent": "global latent (as BrainState.latent)",
+    "latent_z": "global latent, robust z vs session calibration",
+}
+BASELINE_FEATURES = {
+    "bp": "per-channel log band powers (5 bands), raw",
+    "bp_c": "per-channel log band powers, session-centred",
+    "bp_z": "per-channel log band powers, robust z vs session calibration",
+    "classic": "classic brain z-scores (5 groups x 3 bands)",
+}
+FEATURES = {**ENCODER_FEATURES, **BASELINE_FEATURES}
+TARGET_BACC = 0.82
+TARGET_MARGIN = 0.05
 
 
 @dataclass
 class SubjectData:
-    """Per-window features of one subject's session (windows straddling recordings dropped)."""
+    """Per-window features of one subject's session under one model (probe windows only).
+
+    label (n,) 0 rest / 1 task; features name → (n, d); token (n,).
+    """
 
     subject: str
-    label: np.ndarray  # (n,) 0 rest, 1 task
-    latent: np.ndarray  # (n, D)
-    latent_z: np.ndarray  # (n, D)
-    bandpower: np.ndarray  # (n, groups x bands)
-    token: np.ndarray  # (n,)
+    label: np.ndarray
+    features: dict[str, np.ndarray]
+    token: np.ndarray
 
 
 def collect(files: SessionFiles, settings: Settings, model: EncoderModel) -> SubjectData:
@@ -69,36 +101,152 @@ def collect(files: SessionFiles, settings: Settings, model: EncoderModel) -> Sub
     session = open_session(files)
     sig = settings.signal
     brain = LearnedBrain(session.info, sig, settings.bands, model=model)
-    znorm = BaselineNormalizer(sig.baseline, sig.adapt, sig.z_clip)
-    labels, lat, latz, bp, tok = [], [], [], [], []
+    channels = brain.input.channels
+    n_window = round(sig.window * session.info.sfreq)
+    bands = BandPower(
+        session.info.sfreq,
+        n_window,
+        BASELINE_BANDS,
+        step=decimation_step(session.info.sfreq, sig.bandpass, BASELINE_BANDS),
+    )
+    lat_z = BaselineNormalizer(sig.baseline, sig.adapt, sig.z_clip)
+    bp_z = BaselineNormalizer(sig.baseline, sig.adapt, sig.z_clip)
+    lat_c, bp_c = SessionCentre(), SessionCentre()
+    rows: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
+    labels, tokens = [], []
     for window in session_windows(session, sig):
         state = brain.process(window)
-        if state.latent is None or state.token is None:
+        if state.latent is None or state.token is None or window.data.shape[1] != n_window:
             continue
-        z = znorm.update(window.t_end, state.latent)
+        bad = {ch for ch, _ in window.bad} & {int(c) for c in channels}
+        bp = np.log10(np.maximum(bands.compute(window.data[channels]), POWER_FLOOR)).ravel()
+        feats = {
+            "latent": state.latent.astype(np.float64),
+            "latent_z": lat_z.update(window.t_end, state.latent),
+            "bp": bp,
+            "bp_z": bp_z.update(window.t_end, np.where(bad_mask(channels, bad, len(BASELINE_BANDS)), np.nan, bp)),
+            "classic": np.asarray([g.z[b] for g in state.groups for b in brain.classic.band_names]),
+        }
+        lat_c.observe(state.latent, state.calibrating)
+        bp_c.observe(bp, state.calibrating and not bad)
+        feats["latent_c"] = lat_c(state.latent)
+        feats["bp_c"] = bp_c(bp)
         seg = session.segment_of(window.t_end, sig.window)
-        if seg < 0:
+        if seg < 0 or state.calibrating or bad:
             continue
+        for f in FEATURES:
+            rows[f].append(feats[f])
         labels.append(seg)
-        lat.append(state.latent)
-        latz.append(z)
-        bp.append([g.z[b] for g in state.groups for b in brain.classic.band_names])
-        tok.append(state.token)
+        tokens.append(state.token)
+    if not labels or len(set(labels)) < 2:
+        raise DataError(f"{files.subject} gave no usable rest and task windows after calibration; check its files.")
     return SubjectData(
         files.subject,
         np.asarray(labels, dtype=np.int64),
-        np.asarray(lat, dtype=np.float64),
-        np.asarray(latz, dtype=np.float64),
-        np.asarray(bp, dtype=np.float64),
-        np.asarray(tok, dtype=np.int64),
+        {f: np.asarray(v, dtype=np.float64) for f, v in rows.items()},
+        np.asarray(tokens, dtype=np.int64),
     )
 
 
-def _stack(data: Sequence[SubjectData], name: str) -> np.ndarray:
-    return np.concatenate([getattr(d, name) for d in data])
+def bad_mask(channels: np.ndarray, bad: set[int], n_bands: int) -> np.ndarray:
+    """(channels × bands,) True where the channel is bad (its band powers are left out of the baseline)."""
+    return np.repeat(np.isin(channels, list(bad)), n_bands)
 
 
-def _cosine_stats(data: Sequence[SubjectData]) -> dict[str, float]:
+@dataclass
+class FoldResult:
+    """One model: who it held out, per-subject balanced accuracy per feature set, tokens, distances."""
+
+    model: str
+    version: str
+    train: list[str]
+    test: list[str]
+    bacc: dict[str, dict[str, float]]  # feature → subject → balanced accuracy
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]]  # feature → (y, pred) over the held-out windows
+    codebook_size: int
+    perplexity: float
+    codes_used: int
+    token_distance: dict[str, tuple[float, float]]  # subject → (same state, other state)
+    similarity: dict[str, float]
+    tokens: dict[str, np.ndarray]  # condition → tokens of the held-out windows
+
+
+def held_out(model: EncoderModel, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(training, held-out) among ``names`` for a model, from its ``train_subjects`` metadata."""
+    trained = {s for s in model.model.meta.get("train_subjects", "").split(",") if s}
+    if not trained:
+        raise DataError(
+            f"{model.model.path} does not name its training subjects (metadata train_subjects); "
+            "only models trained by `brainharmonic train encoder` can be evaluated on unseen subjects."
+        )
+    test = [n for n in names if n not in trained]
+    train = [n for n in names if n in trained]
+    if not test:
+        raise DataError(
+            f"{model.model.path} was trained on every subject in the data, so nobody it never saw is left to test; "
+            "evaluate models trained with `--val-subjects fold:K/N` through `eval encoder --cv`."
+        )
+    if not train:
+        raise DataError(
+            f"{model.model.path} trained on none of the subjects in the data; the probe has nothing to fit on."
+        )
+    return train, test
+
+
+def evaluate_fold(
+    model: EncoderModel, sessions: Sequence[SessionFiles], settings: Settings, progress: bool
+) -> FoldResult:
+    """Every measurement of one model on its held-out subjects."""
+    train, test = held_out(model, [s.subject for s in sessions])
+    data = {
+        s.subject: collect(s, settings, model)
+        for s in tqdm(sessions, desc=f"encode ({model.model.path.name})", disable=not progress)
+    }
+    y_train = np.concatenate([data[s].label for s in train])
+    bacc: dict[str, dict[str, float]] = {}
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for f in FEATURES:
+        probe = fit_probe(np.concatenate([data[s].features[f] for s in train]), y_train)
+        preds = {s: probe.predict(data[s].features[f]) for s in test}
+        bacc[f] = {s: balanced_accuracy(data[s].label, preds[s]) for s in test}
+        pooled[f] = (np.concatenate([data[s].label for s in test]), np.concatenate([preds[s] for s in test]))
+    k = model.spec.codebook_size
+    tok = np.concatenate([data[s].token for s in test])
+    codes = model.codebook
+    return FoldResult(
+        model=str(model.model.path),
+        version=model.spec.version,
+        train=train,
+        test=test,
+        bacc=bacc,
+        pooled=pooled,
+        codebook_size=k,
+        perplexity=perplexity(tok, k),
+        codes_used=len(np.unique(tok)),
+        token_distance={s: token_distances(data[s], codes) for s in test} if codes is not None else {},
+        similarity=cosine_stats([data[s] for s in test]),
+        tokens={c: np.concatenate([data[s].token[data[s].label == i] for s in test]) for i, c in enumerate(CONDITIONS)},
+    )
+
+
+def _spread(rows: np.ndarray, n: int) -> np.ndarray:
+    return rows[np.linspace(0, rows.size - 1, min(n, rows.size)).astype(int)]
+
+
+def token_distances(d: SubjectData, codes: np.ndarray) -> tuple[float, float]:
+    """Mean cosine distance between the code vectors of two windows' tokens within one subject:
+    (same state, other state), over up to SIMILARITY_PER_CELL evenly spaced windows per state."""
+    c = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    rest, task = (c[d.token[_spread(np.flatnonzero(d.label == i), SIMILARITY_PER_CELL)]] for i in (0, 1))
+    same = []
+    for v in (rest, task):
+        dist = 1.0 - v @ v.T
+        same.append(dist[~np.eye(len(v), dtype=bool)].mean())
+    other = float((1.0 - rest @ task.T).mean())
+    return float(np.mean(same)), other
+
+
+def cosine_stats(data: Sequence[SubjectData]) -> dict[str, float]:
     """Mean cosine distance of global latents: within/between subjects, between/within conditions.
 
     Uses up to SIMILARITY_PER_CELL evenly spaced windows per (subject, condition).
@@ -106,12 +254,10 @@ def _cosine_stats(data: Sequence[SubjectData]) -> dict[str, float]:
     vecs, subj, cond = [], [], []
     for s, d in enumerate(data):
         for c in (0, 1):
-            rows = np.flatnonzero(d.label == c)
-            if rows.size:
-                take = rows[np.linspace(0, rows.size - 1, min(SIMILARITY_PER_CELL, rows.size)).astype(int)]
-                vecs.append(d.latent[take])
-                subj.extend([s] * take.size)
-                cond.extend([c] * take.size)
+            take = _spread(np.flatnonzero(d.label == c), SIMILARITY_PER_CELL)
+            vecs.append(d.features["latent"][take])
+            subj.extend([s] * take.size)
+            cond.extend([c] * take.size)
     v = np.concatenate(vecs)
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     dist = 1.0 - v @ v.T
@@ -120,7 +266,7 @@ def _cosine_stats(data: Sequence[SubjectData]) -> dict[str, float]:
     same_c = cond_a[:, None] == cond_a[None, :]
     off = ~np.eye(len(v), dtype=bool)
     within_s = float(dist[same_s & off].mean())
-    between_s = float(dist[~same_s].mean())
+    between_s = float(dist[~same_s].mean()) if (~same_s).any() else float("nan")
     within_c = float(dist[same_s & same_c & off].mean())
     between_c = float(dist[same_s & ~same_c].mean())
     return {
@@ -133,21 +279,21 @@ def _cosine_stats(data: Sequence[SubjectData]) -> dict[str, float]:
     }
 
 
-def _histograms(data: Sequence[SubjectData], k: int, top: int = 8) -> dict[str, Any]:
+def _histograms(folds: Sequence[FoldResult], k: int, top: int = 8) -> dict[str, Any]:
     out: dict[str, Any] = {}
     counts = {}
-    for c, name in enumerate(CONDITIONS):
-        tok = np.concatenate([d.token[d.label == c] for d in data])
-        counts[name] = np.bincount(tok, minlength=k)
-        share = counts[name] / max(1, counts[name].sum())
+    for c in CONDITIONS:
+        tok = np.concatenate([f.tokens[c] for f in folds])
+        counts[c] = np.bincount(tok, minlength=k)
+        share = counts[c] / max(1, counts[c].sum())
         order = np.argsort(-share)[:top]
-        out[name] = {
+        out[c] = {
             "windows": int(tok.size),
-            "codes_used": int((counts[name] > 0).sum()),
+            "codes_used": int((counts[c] > 0).sum()),
             "perplexity": perplexity(tok, k),
             "top": [[int(i), round(float(share[i]), 3)] for i in order if share[i] > 0],
         }
-    p = {n: counts[n] / max(1, counts[n].sum()) for n in CONDITIONS}
+    p = {c: counts[c] / max(1, counts[c].sum()) for c in CONDITIONS}
     out["total_variation_rest_vs_task"] = float(0.5 * np.abs(p["rest"] - p["task"]).sum())
     return out
 
@@ -155,12 +301,12 @@ def _histograms(data: Sequence[SubjectData], k: int, top: int = 8) -> dict[str, 
 def evaluate(
     data_dir: Path | str,
     settings: Settings,
+    models: Sequence[Path | str | None] = (None,),
     *,
-    n_folds: int = 6,
     subjects: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """All metrics of the encoder named by ``settings.encoder`` on the eegmat sessions under ``data_dir``."""
+    """All metrics of ``models`` (None = ``settings.encoder``) on the eegmat sessions under ``data_dir``."""
     t0 = time.monotonic()
     sessions = [s for s in discover_sessions(data_dir, subjects) if s.labels == CONDITIONS]
     if len(sessions) < 2:
@@ -168,39 +314,80 @@ def evaluate(
             f"{data_dir} holds {len(sessions)} rest+task session(s); eval encoder needs at least two eegmat "
             "subjects (SubjectNN_1.edf and SubjectNN_2.edf)."
         )
-    model = EncoderModel.load(settings.encoder)
-    spec = model.spec
-    data = [collect(s, settings, model) for s in tqdm(sessions, desc="encode sessions", disable=not progress)]
-    names = [d.subject for d in data]
-    subject = np.concatenate([[d.subject] * d.label.size for d in data])
-    y = _stack(data, "label")
-    folds = subject_folds(names, min(n_folds, len(names)))
-    probes: dict[str, ProbeScore] = {f: leave_subjects_out(_stack(data, f), y, subject, folds) for f in FEATURE_SETS}
-    val_subjects = [s for s in model.model.meta.get("val_subjects", "").split(",") if s in names]
-    strict: dict[str, ProbeScore] = {}
-    if val_subjects and len(val_subjects) < len(names):
-        strict = {f: leave_subjects_out(_stack(data, f), y, subject, [val_subjects]) for f in FEATURE_SETS}
-    k = spec.codebook_size
-    tokens_val = np.concatenate([d.token for d in data if d.subject in val_subjects]) if val_subjects else None
+    folds: list[FoldResult] = []
+    seen: dict[str, str] = {}
+    for path in models:
+        enc = settings.encoder if path is None else settings.encoder.model_copy(update={"model": Path(path)})
+        model = EncoderModel.load(enc)
+        fold = evaluate_fold(model, sessions, settings, progress)
+        for s in fold.test:
+            if s in seen:
+                raise DataError(
+                    f"{s} is held out by both {seen[s]} and {fold.model}; cross-validation models must hold out "
+                    "disjoint subjects (train them with --val-subjects fold:K/N, K = 0..N-1)."
+                )
+            seen[s] = fold.model
+        folds.append(fold)
+    return summarise(folds, data_dir, settings, time.monotonic() - t0)
+
+
+def summarise(folds: Sequence[FoldResult], data_dir: Path | str, settings: Settings, seconds: float) -> dict[str, Any]:
+    """Per-subject table, per-feature summaries, the targets, codebook and distances (JSON-able)."""
+    per_subject: dict[str, dict[str, Any]] = {}
+    for k, fold in enumerate(folds):
+        for s in fold.test:
+            per_subject[s] = {"fold": k, **{f: round(fold.bacc[f][s], 4) for f in FEATURES}}
+            if s in fold.token_distance:
+                same, other = fold.token_distance[s]
+                per_subject[s]["token_same"], per_subject[s]["token_other"] = round(same, 4), round(other, 4)
+    summary = {}
+    for f in FEATURES:
+        vals = np.asarray([per_subject[s][f] for s in per_subject])
+        y = np.concatenate([fold.pooled[f][0] for fold in folds])
+        pred = np.concatenate([fold.pooled[f][1] for fold in folds])
+        summary[f] = {
+            "mean": round(float(vals.mean()), 4),
+            "sd": round(float(vals.std()), 4),
+            "min": round(float(vals.min()), 4),
+            "pooled": round(balanced_accuracy(y, pred), 4),
+        }
+    strongest = max(BASELINE_FEATURES, key=lambda f: summary[f]["mean"])
+    head = summary[HEADLINE]["mean"]
+    k = folds[0].codebook_size
+    dist = [v for f in folds for v in f.token_distance.values()]
     result: dict[str, Any] = {
-        "model": str(model.model.path),
-        "version": spec.version,
         "data": str(data_dir),
-        "subjects": names,
-        "windows": {c: int((y == i).sum()) for i, c in enumerate(CONDITIONS)},
-        "folds": folds,
-        "val_subjects": val_subjects,
-        "probe": {f: _score(p) for f, p in probes.items()},
-        "probe_val_subjects": {f: _score(p) for f, p in strict.items()},
-        "codebook": {
-            "K": k,
-            "perplexity_val": perplexity(tokens_val, k) if tokens_val is not None else None,
-            "perplexity_all": perplexity(_stack(data, "token"), k),
-            "codes_used_all": len(np.unique(_stack(data, "token"))),
-            "per_condition": _histograms(data, k),
+        "models": [
+            {"model": f.model, "version": f.version, "held_out": f.test, "trained_on": len(f.train)} for f in folds
+        ],
+        "subjects": sorted(per_subject),
+        "windows": {c: int(sum(f.tokens[c].size for f in folds)) for c in CONDITIONS},
+        "per_subject": per_subject,
+        "probe": summary,
+        "headline": HEADLINE,
+        "strongest_baseline": strongest,
+        "targets": {
+            "bacc": TARGET_BACC,
+            "bacc_met": head >= TARGET_BACC,
+            "margin": TARGET_MARGIN,
+            "margin_over_strongest": round(head - summary[strongest]["mean"], 4),
+            "margin_met": head >= summary[strongest]["mean"] + TARGET_MARGIN,
         },
-        "similarity": _cosine_stats(data),
-        "seconds": round(time.monotonic() - t0, 1),
+        "codebook": {
+            "perplexity_per_fold": [round(f.perplexity, 2) for f in folds],
+            "codes_used_per_fold": [f.codes_used for f in folds],
+            "per_condition": _histograms(folds, k),
+        },
+        "token_distance": {
+            "same_state": round(float(np.mean([d[0] for d in dist])), 4) if dist else None,
+            "other_state": round(float(np.mean([d[1] for d in dist])), 4) if dist else None,
+            "subjects_same_closer": int(sum(d[0] < d[1] for d in dist)),
+            "subjects": len(dist),
+        },
+        "similarity": {
+            key: round(float(np.nanmean([f.similarity[key] for f in folds])), 4) for key in folds[0].similarity
+        },
+        "seconds": round(seconds, 1),
         "settings": {
             "window": settings.signal.window,
             "hop": settings.signal.hop,
@@ -210,56 +397,72 @@ def evaluate(
     return result
 
 
-def _score(p: ProbeScore) -> dict[str, Any]:
-    return {
-        "mean": round(p.mean, 4),
-        "sd": round(p.sd, 4),
-        "pooled": round(p.pooled, 4),
-        "folds": [round(f, 4) for f in p.folds],
-    }
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def format_report(r: dict[str, Any]) -> str:
     """The metrics as Markdown (printed, and written into the model card)."""
+    models = r["models"]
+    t = r["targets"]
+    summary = r["probe"]
+    strongest = r["strongest_baseline"]
+    head = summary[r["headline"]]["mean"]
     lines = [
         "## Metrics (from `brainharmonic eval encoder`)",
         "",
-        f"Model `{Path(r['model']).name}` v{r['version']}; data `{r['data']}`: "
-        f"{len(r['subjects'])} subjects, "
-        f"{r['windows']['rest']} rest and {r['windows']['task']} task windows "
-        f"({r['settings']['window']:g} s windows every {r['settings']['hop']:g} s, baseline "
-        f"{r['settings']['baseline']:g} s at the start of each rest+task session).",
+        f"Data `{r['data']}`: {len(r['subjects'])} subjects tested, each by a model that never saw it "
+        f"(self-supervised training included); {r['windows']['rest']} rest and {r['windows']['task']} task "
+        f"windows after calibration ({r['settings']['window']:g} s windows every {r['settings']['hop']:g} s, "
+        f"baseline {r['settings']['baseline']:g} s at the start of each rest+task session).",
         "",
-        f"### Rest vs mental arithmetic: linear probe, balanced accuracy, {len(r['folds'])} leave-subjects-out folds",
+        "| model | version | trained on (eegmat subjects) | held out |",
+        "|---|---|---|---|",
+        *(
+            f"| `{Path(m['model']).name}` | {m['version']} | {m['trained_on']} | {', '.join(m['held_out'])} |"
+            for m in models
+        ),
         "",
-        "| features | mean ± sd over folds | pooled | per fold |",
+        "### Rest vs mental arithmetic on never-seen subjects: linear probe, balanced accuracy",
+        "",
+        "Probe fitted on the windows of the subjects each model trained on, tested on its held-out subjects; "
+        "every row uses the same probe, subjects and windows.",
+        "",
+        "| features | mean over subjects ± sd | worst subject | pooled windows |",
         "|---|---|---|---|",
     ]
-    for f, desc in FEATURE_SETS.items():
-        p = r["probe"][f]
-        lines.append(
-            f"| {desc} | {p['mean']:.3f} ± {p['sd']:.3f} | {p['pooled']:.3f} | "
-            f"{', '.join(f'{x:.2f}' for x in p['folds'])} |"
-        )
-    if r["probe_val_subjects"]:
-        lines += [
-            "",
-            f"Test on the encoder's validation subjects only ({', '.join(r['val_subjects'])}: never seen in "
-            "training), probe fitted on all other subjects:",
-            "",
-            "| features | balanced accuracy |",
-            "|---|---|",
-        ]
-        for f, desc in FEATURE_SETS.items():
-            lines.append(f"| {desc} | {r['probe_val_subjects'][f]['pooled']:.3f} |")
-    cb = r["codebook"]
-    pv = "n/a" if cb["perplexity_val"] is None else f"{cb['perplexity_val']:.1f}"
+    for f, desc in FEATURES.items():
+        p = summary[f]
+        mark = " (headline)" if f == r["headline"] else " (strongest baseline)" if f == strongest else ""
+        lines.append(f"| {desc}{mark} | {p['mean']:.3f} ± {p['sd']:.3f} | {p['min']:.3f} | {p['pooled']:.3f} |")
     lines += [
         "",
-        f"### Codebook (K = {cb['K']})",
+        f"Strongest band-power baseline: {FEATURES[strongest]} ({summary[strongest]['mean']:.3f}). "
+        f"Headline {head:.3f}: target >= {t['bacc']:.2f} **{'met' if t['bacc_met'] else 'missed'}**; "
+        f"target >= strongest baseline + {t['margin']:.2f} ({summary[strongest]['mean'] + t['margin']:.3f}) "
+        f"**{'met' if t['margin_met'] else 'missed'}** (margin {t['margin_over_strongest']:+.3f}).",
         "",
-        f"Perplexity on validation subjects: {pv} (target >= {cb['K'] / 4:g}); on all subjects: "
-        f"{cb['perplexity_all']:.1f}; codes used: {cb['codes_used_all']} of {cb['K']}.",
+        "### Per subject (balanced accuracy; token distances = mean cosine distance between code vectors)",
+        "",
+        "| subject | fold | " + " | ".join(FEATURES) + " | tokens same state | tokens other state |",
+        "|---|---|" + "---|" * len(FEATURES) + "---|---|",
+    ]
+    for s in r["subjects"]:
+        row = r["per_subject"][s]
+        lines.append(
+            f"| {s} | {row['fold']} | "
+            + " | ".join(f"{row[f]:.2f}" for f in FEATURES)
+            + f" | {_fmt(row.get('token_same'))} | {_fmt(row.get('token_other'))} |"
+        )
+    cb = r["codebook"]
+    td = r["token_distance"]
+    lines += [
+        "",
+        "### Brain tokens on never-seen subjects",
+        "",
+        "Codebook perplexity per model on its held-out subjects: "
+        + ", ".join(f"{p:.1f}" for p in cb["perplexity_per_fold"])
+        + f" (codes used: {', '.join(map(str, cb['codes_used_per_fold']))}; target >= 16).",
         "",
         "| condition | windows | codes used | perplexity | most used tokens (share) |",
         "|---|---|---|---|---|",
@@ -268,14 +471,18 @@ def format_report(r: dict[str, Any]) -> str:
         h = cb["per_condition"][c]
         top = ", ".join(f"{i} ({s:.2f})" for i, s in h["top"])
         lines.append(f"| {c} | {h['windows']} | {h['codes_used']} | {h['perplexity']:.1f} | {top} |")
-    lines.append(
-        f"\nTotal variation distance between the rest and task token histograms: "
-        f"{cb['per_condition']['total_variation_rest_vs_task']:.3f}."
-    )
+    lines += [
+        "",
+        f"Total variation distance between the rest and task token histograms: "
+        f"{cb['per_condition']['total_variation_rest_vs_task']:.3f}.",
+        f"Within a subject, tokens of the same state lie {_fmt(td['same_state'])} apart and tokens of the other "
+        f"state {_fmt(td['other_state'])} (cosine distance of their code vectors, mean over subjects); "
+        f"same state closer in {td['subjects_same_closer']} of {td['subjects']} subjects.",
+    ]
     s = r["similarity"]
     lines += [
         "",
-        "### Similarity (cosine distance of global latents)",
+        "### Latent distances on never-seen subjects (cosine distance of global latents, mean over models)",
         "",
         f"- within a subject {s['within_subject']:.3f}, between subjects {s['between_subjects']:.3f}: "
         f"ratio {s['subject_ratio']:.3f} (< 1: a person's windows lie together)",
@@ -290,8 +497,15 @@ def format_report(r: dict[str, Any]) -> str:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `brainharmonic eval encoder` (--config comes from the CLI's own `_add_config`)."""
     p.add_argument("--data", required=True, metavar="DIR", help="Folder with eegmat SubjectNN_1/2.edf files.")
-    p.add_argument("--model", metavar="ONNX", help="Encoder to evaluate (default: [encoder] model).")
-    p.add_argument("--folds", type=int, default=6, help="Leave-subjects-out folds (default 6).")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="ONNX", help="Encoder to evaluate on the subjects it never saw.")
+    which.add_argument(
+        "--cv",
+        nargs="+",
+        metavar="ONNX",
+        help="Cross-validation: models of one recipe, each trained with --val-subjects fold:K/N; "
+        "every subject is tested by the model that held it out.",
+    )
     p.add_argument("--subjects", metavar="LIST", help="Comma-separated subject names (default: all).")
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: [encoder] threads).")
     p.add_argument("--json", metavar="OUT.json", help="Also write the metrics as JSON.")
@@ -301,19 +515,19 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def eval_encoder(args: argparse.Namespace) -> int:
     """`brainharmonic eval encoder`: print the metrics (optionally write JSON and the card)."""
-    enc: dict[str, Any] = {}
-    if args.model:
-        enc["model"] = args.model
-    if args.threads:
-        enc["threads"] = args.threads
+    enc: dict[str, Any] = {"threads": args.threads} if args.threads else {}
     settings = load_settings(getattr(args, "config", None), **({"encoder": enc} if enc else {}))
     subjects = [s.strip() for s in args.subjects.split(",")] if args.subjects else None
-    result = evaluate(args.data, settings, n_folds=args.folds, subjects=subjects, progress=not args.no_progress)
-    result["command"] = "brainharmonic eval encoder " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k in ("data", "model", "folds", "subjects") and v is not None
-    )
+    models: list[Path | str | None] = list(args.cv) if args.cv else [args.model]
+    result = evaluate(args.data, settings, models, subjects=subjects, progress=not args.no_progress)
+    parts = ["brainharmonic eval encoder", f"--data {args.data}"]
+    if args.cv:
+        parts.append("--cv " + " ".join(args.cv))
+    elif args.model:
+        parts.append(f"--model {args.model}")
+    if args.subjects:
+        parts.append(f"--subjects {args.subjects}")
+    result["command"] = " ".join(parts)
     report = format_report(result)
     print(report)
     if args.json:

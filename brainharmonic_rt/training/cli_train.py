@@ -33,7 +33,13 @@ INPUT_CLIP = 20.0  # inputs are baseline-scaled (~unit std); beyond 20 baseline 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `brainharmonic train encoder` (--config comes from the CLI's own `_add_config`)."""
-    p.add_argument("--data", required=True, metavar="DIR", help="Folder of recordings (eegmat, BIDS, EDF/FIF...).")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="Folder(s) of recordings (eegmat, muse-cueing, BIDS, EDF/FIF...); several are pooled.",
+    )
     p.add_argument(
         "--out",
         default=str(DEFAULT_OUT),
@@ -47,12 +53,28 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate (default 2e-3).")
     p.add_argument("--latent-dim", type=int, default=32, help="Latent size D (default 32).")
     p.add_argument("--codebook-size", type=int, default=64, help="Brain tokens K (default 64).")
+    p.add_argument(
+        "--spectral-bins",
+        type=int,
+        default=0,
+        help="Fixed log band powers per channel (log-spaced bins, 1-40 Hz) fed beside the learned filters "
+        "(default 0 = none).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default 0).")
     p.add_argument(
         "--val-subjects",
         default="auto",
         metavar="LIST",
-        help="Comma-separated validation subjects, 'auto' (every 4th subject) or 'none'.",
+        help="Comma-separated validation subjects (never trained on, self-supervised included), 'auto' "
+        "(every 4th subject), 'fold:K/N' (fold K of N over the rest+task subjects, as `eval encoder --cv` "
+        "deals them) or 'none'.",
+    )
+    p.add_argument(
+        "--supervised-weight",
+        type=float,
+        default=0.0,
+        help="Weight of the rest/task term on the training subjects' session-centred latents "
+        "(0 = self-supervised only; validation subjects never take part).",
     )
     p.add_argument("--subjects", metavar="LIST", help="Only these subjects (comma-separated; default all).")
     p.add_argument("--seconds", type=float, help="Use only the first S seconds of each recording (quick runs).")
@@ -77,7 +99,9 @@ def split_subjects(sessions: list[SessionFiles], val: str) -> tuple[list[str], l
         )
     if val == "none":
         return names, []
-    if val == "auto":
+    if val.startswith("fold:"):
+        chosen = _fold(sessions, val)
+    elif val == "auto":
         chosen = names[3::4] or names[-1:]
     else:
         chosen = [v.strip() for v in val.split(",") if v.strip()]
@@ -93,6 +117,35 @@ def split_subjects(sessions: list[SessionFiles], val: str) -> tuple[list[str], l
     return train, chosen
 
 
+def _fold(sessions: list[SessionFiles], val: str) -> list[str]:
+    """Subjects of 'fold:K/N': the rest+task subjects dealt round-robin into N folds, fold K (0-based)."""
+    from ..evaluation.probe import subject_folds
+
+    try:
+        k, n = (int(v) for v in val.removeprefix("fold:").split("/"))
+    except ValueError:
+        raise ConfigError(f"--val-subjects {val} is not of the form fold:K/N (e.g. fold:0/4).") from None
+    labelled = sorted({s.subject for s in sessions if s.labels == ("rest", "task")})
+    if not (2 <= n <= len(labelled) and 0 <= k < n):
+        raise ConfigError(
+            f"--val-subjects {val}: need 0 <= K < N and 2 <= N <= {len(labelled)} (the rest+task subjects found)."
+        )
+    return subject_folds(labelled, n)[k]
+
+
+def discover_all(dirs: list[str], subjects: list[str] | None) -> list[SessionFiles]:
+    """Sessions of every folder in ``dirs``, keeping only ``subjects`` when given (names must exist somewhere)."""
+    sessions = [s for d in dirs for s in discover_sessions(d)]
+    if subjects is not None:
+        unknown = set(subjects) - {s.subject for s in sessions}
+        if unknown:
+            raise DataError(
+                f"Subject(s) {', '.join(sorted(unknown))} not found under {', '.join(dirs)}; fix --subjects."
+            )
+        sessions = [s for s in sessions if s.subject in set(subjects)]
+    return sessions
+
+
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (options as given, defaults included)."""
     parts = ["brainharmonic", "train", "encoder"]
@@ -104,9 +157,11 @@ def _command(args: argparse.Namespace) -> str:
         "lr",
         "latent_dim",
         "codebook_size",
+        "spectral_bins",
         "seed",
         "val_subjects",
         "subjects",
+        "supervised_weight",
         "seconds",
         "hop",
         "device",
@@ -114,7 +169,9 @@ def _command(args: argparse.Namespace) -> str:
         "config",
     ):
         value = getattr(args, name, None)
-        if value is not None:
+        if isinstance(value, list):
+            parts += [f"--{name.replace('_', '-')}", *map(str, value)]
+        elif value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(parts)
 
@@ -152,10 +209,22 @@ def train_encoder(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .loop import TrainConfig, checkpoint, train
     from .model import ModelConfig
+    from .supervised import SupervisedConfig
 
     t_start = time.monotonic()
-    if args.steps < 1 or args.pairs < 2 or args.hop <= 0 or args.threads < 1:
-        raise ConfigError("--steps must be >= 1, --pairs >= 2, --hop > 0 and --threads >= 1; fix the option.")
+    if (
+        args.steps < 1
+        or args.pairs < 2
+        or args.hop <= 0
+        or args.threads < 1
+        or args.supervised_weight < 0
+        or args.spectral_bins < 0
+    ):
+        raise ConfigError(
+            "--steps must be >= 1, --pairs >= 2, --hop > 0, --threads >= 1, --supervised-weight >= 0 and "
+            "--spectral-bins >= 0; "
+            "fix the option."
+        )
     settings = load_settings(getattr(args, "config", None))
     sig = settings.signal.model_copy(update={"hop": args.hop})
     if sig.bandpass is None:
@@ -165,9 +234,9 @@ def train_encoder(args: argparse.Namespace) -> int:
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".pt")
     torch.set_num_threads(args.threads)
     device = _device(args.device)
-    sessions = discover_sessions(args.data, _subjects(args.subjects))
+    sessions = discover_all(args.data, _subjects(args.subjects))
     train_names, val_names = split_subjects(sessions, args.val_subjects)
-    mcfg = ModelConfig(latent_dim=args.latent_dim, codebook_size=args.codebook_size)
+    mcfg = ModelConfig(latent_dim=args.latent_dim, codebook_size=args.codebook_size, spectral_bins=args.spectral_bins)
     spec = EncoderSpec(mcfg.sfreq, mcfg.n_samples, mcfg.latent_dim, mcfg.codebook_size, sig.bandpass, INPUT_CLIP, "dev")
     arrays: list[SessionArrays] = []
     for files in tqdm(sessions, desc="prepare windows", disable=args.no_progress, unit="session"):
@@ -182,12 +251,14 @@ def train_encoder(args: argparse.Namespace) -> int:
         warmup=min(100, max(1, args.steps // 10)),
     )
     aug = AugmentConfig()
+    sup = SupervisedConfig(weight=args.supervised_weight, baseline=sig.baseline)
     result = train(
         [a for a in arrays if a.subject in train_names],
         [a for a in arrays if a.subject in val_names],
         mcfg,
         tcfg,
         aug,
+        sup,
         device=device,
         progress=not args.no_progress,
         log=_echo,
@@ -195,13 +266,25 @@ def train_encoder(args: argparse.Namespace) -> int:
     state = result.encoder.state_dict()
     version = f"{__version__}+{_weights_hash(state)}"
     n_windows = {a.subject: int(a.x.shape[0]) for a in arrays}
+    objective = "temporal-neighbour contrastive (2-8 s, same recording) + EMA k-means VQ codebook"
+    if sup.weight > 0:
+        objective += (
+            f" + rest/task logistic term (weight {sup.weight:g}) on session-centred latents of the "
+            "training subjects' labelled sessions"
+        )
     extra = {
-        "trained_on": f"{Path(args.data).name}: {len(train_names)} subjects",
+        "trained_on": "; ".join(
+            f"{Path(d).name}: "
+            f"{len({s.subject for s in sessions if s.subject in train_names and Path(d) in s.paths[0].parents})} "
+            "training subjects"
+            for d in args.data
+        ),
         "train_subjects": ",".join(train_names),
         "val_subjects": ",".join(val_names),
         "seed": str(args.seed),
         "steps": str(args.steps),
-        "objective": "temporal-neighbour contrastive (2-8 s, same recording) + EMA k-means VQ codebook",
+        "objective": objective,
+        "supervision": "rest/task labels of the training subjects" if sup.weight > 0 else "none",
     }
     spec = EncoderSpec(
         spec.sfreq,
@@ -213,14 +296,15 @@ def train_encoder(args: argparse.Namespace) -> int:
         version,
         extra=tuple(extra.items()),
     )
-    ckpt = checkpoint(result, mcfg, tcfg, aug)
+    ckpt = checkpoint(result, mcfg, tcfg, aug, sup)
     ckpt["spec_meta"] = spec.to_meta()
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, ckpt_path)
     diff = export_onnx(result.encoder, spec, out)
     info = {
         "command": _command(args),
-        "data": str(args.data),
+        "data": ", ".join(map(str, args.data)),
+        "objective": objective,
         "train_subjects": train_names,
         "val_subjects": val_names,
         "windows": n_windows,
@@ -229,6 +313,8 @@ def train_encoder(args: argparse.Namespace) -> int:
         "model_config": mcfg.as_dict(),
         "train_config": ckpt["train_config"],
         "augment_config": ckpt["augment_config"],
+        "supervised_config": ckpt["supervised_config"],
+        "labelled": sorted({s.subject for s in sessions if s.labels == ("rest", "task")}),
         "device": result.device,
         "threads": args.threads,
         "prepare_seconds": round(t_prep, 1),
@@ -254,13 +340,16 @@ def training_section(info: dict[str, Any]) -> str:
     """The card's training section: what was trained, on what, how, and how long it took."""
     nan = float("nan")
     last = info["history"][-1] if info["history"] else {}
+    state = any("val_state_bacc" in h for h in info["history"])
     rows = "\n".join(
         f"| {int(h['step'])} | {h.get('train_global', nan):.3f} | {h.get('val_global', nan):.3f} | "
         f"{h.get('val_perplexity', nan):.1f} | {h.get('val_codes_used', nan):.0f} |"
+        + (f" {h.get('train_state', nan):.3f} | {h.get('val_state_bacc', nan):.3f} |" if state else "")
         for h in info["history"]
     )
     train, val = info["train_subjects"], info["val_subjects"]
     secs = info["train_seconds"]
+    sup = info.get("supervised_config", {})
     lines = [
         "## Training (written by `brainharmonic train encoder`)",
         "",
@@ -268,6 +357,14 @@ def training_section(info: dict[str, Any]) -> str:
         f"ONNX {info['onnx_bytes'] / 1024:.0f} KiB; torch vs onnxruntime max abs difference "
         f"{info['parity_max_abs']:.1e}.",
         f"- **Command** `{info['command']}`",
+        f"- **Objective** {info.get('objective', 'self-supervised')}.",
+        "- **Supervision** "
+        + (
+            f"rest/task labels of the {sum(1 for n in train if n in info.get('labelled', train))} training "
+            f"subjects' labelled sessions (weight {sup.get('weight', 0):g}); none from validation subjects."
+            if sup.get("weight", 0) > 0
+            else "none (no labels used; recording boundaries only)."
+        ),
         f"- **Data** `{info['data']}`. Train subjects ({len(train)}): {', '.join(train)}.",
         f"  Validation subjects ({len(val)}, never trained on): {', '.join(val) or 'none'}.",
         f"  Windows: {sum(info['windows'].values())} in all ({info['skipped_windows']} skipped for a bad channel).",
@@ -278,12 +375,14 @@ def training_section(info: dict[str, Any]) -> str:
         f"- **Model** {json.dumps(info['model_config'])}",
         f"- **Optimisation** {json.dumps(info['train_config'])}",
         f"- **Augmentations** {json.dumps(info['augment_config'])}",
+        f"- **Supervised batches** {json.dumps(sup)}",
         f"- **Machine** {info['device']}, {info['threads']} torch thread(s) of {info['cpu']} cores. "
         f"Preparing windows took {info['prepare_seconds']:.0f} s, training {secs:.0f} s ({secs / 60:.1f} min), "
         f"{info['total_seconds']:.0f} s in all.",
         "",
-        "| step | train loss (global) | validation loss (global) | validation perplexity | codes used |",
-        "|---|---|---|---|---|",
+        "| step | train loss (global) | validation loss (global) | validation perplexity | codes used |"
+        + (" train state loss | validation rest/task (state head) |" if state else ""),
+        "|---|---|---|---|---|" + ("---|---|" if state else ""),
         rows,
         "",
         f"Final: {json.dumps({k: round(v, 4) for k, v in last.items()})}",

@@ -61,7 +61,7 @@ class Batch:
 
 
 class PairSampler:
-    """Draws batches of temporal-neighbour pairs from prepared sessions."""
+    """Draws batches of temporal-neighbour pairs from prepared sessions (one headset per batch)."""
 
     def __init__(self, sessions: Sequence[SessionArrays], aug: AugmentConfig) -> None:
         if not sessions:
@@ -102,13 +102,18 @@ class PairSampler:
                 "use longer recordings"
             )
         self.anchors = np.asarray(anchors, dtype=np.int64)
+        # A batch holds one channel count (a headset), so a 19-channel cap is not cut to a Muse's 4
+        # whenever one Muse window is drawn; each headset gets the same share of batches.
+        n_ch = np.asarray([self.sessions[s].x.shape[1] for s in self.anchors[:, 0]])
+        self.pools = [np.flatnonzero(n_ch == c) for c in np.unique(n_ch)]
 
     @property
     def n_windows(self) -> int:
         return int(sum(s.x.shape[0] for s in self.sessions))
 
     def sample(self, rng: np.random.Generator, n_pairs: int) -> Batch:
-        rows = self.anchors[rng.integers(0, len(self.anchors), n_pairs)]
+        pool = self.pools[int(rng.integers(0, len(self.pools)))] if len(self.pools) > 1 else self.pools[0]
+        rows = self.anchors[pool[rng.integers(0, len(pool), n_pairs)]]
         a_items = [(int(r[0]), int(r[1])) for r in rows]
         b_items = []
         for s, _w, lo1, n1, lo2, n2 in rows:
@@ -124,27 +129,43 @@ class PairSampler:
         return seg, t
 
     def _view(self, items: list[tuple[int, int]], rng: np.random.Generator) -> View:
-        aug = self.aug
-        c_min = min(self.sessions[s].x.shape[1] for s, _ in items)
-        lo = min(aug.min_channels, c_min)
-        k = c_min if rng.random() < aug.p_all_channels else int(rng.integers(lo, c_min + 1))
-        hide = rng.random() < aug.p_hide_regions
-        t_len = self.sessions[items[0][0]].x.shape[2]
-        x = np.empty((len(items), k, t_len), dtype=np.float32)
-        region = np.empty((len(items), k), dtype=np.int64)
-        mask = np.zeros((len(items), N_GROUPS, k), dtype=np.float32)
-        for i, (s, w) in enumerate(items):
-            sess = self.sessions[s]
-            ch = rng.choice(sess.x.shape[1], size=k, replace=False)
-            gain = np.exp(rng.normal(0.0, aug.gain_sd, size=(k, 1))).astype(np.float32)
-            if rng.random() < aug.p_flip:
-                gain = -gain
-            x[i] = sess.x[w, ch] * gain + rng.normal(0.0, aug.noise_sd, size=(k, t_len)).astype(np.float32)
-            true_region = sess.region[ch]
-            region[i] = 0 if hide else true_region
-            for g in range(N_GROUPS):
-                mask[i, g] = true_region == g + 1
-        return View(torch.from_numpy(x), torch.from_numpy(region), torch.from_numpy(mask))
+        return augment_view([self.sessions[s] for s, _ in items], [np.asarray([w]) for _, w in items], self.aug, rng)
+
+
+def augment_view(
+    sessions: Sequence[SessionArrays], rows: Sequence[np.ndarray], aug: AugmentConfig, rng: np.random.Generator
+) -> View:
+    """Windows ``rows[i]`` of ``sessions[i]``, each group seen through one random montage.
+
+    One channel count k for the whole view (2..the fewest channels present, or all of them);
+    per group a random subset of k channels, per-channel gains and a polarity flip (what a
+    cap and its impedances do to a whole session); per window independent noise. Regions are
+    hidden for the whole view with probability ``p_hide_regions``.
+    """
+    c_min = min(s.x.shape[1] for s in sessions)
+    lo = min(aug.min_channels, c_min)
+    k = c_min if rng.random() < aug.p_all_channels else int(rng.integers(lo, c_min + 1))
+    hide = rng.random() < aug.p_hide_regions
+    t_len = sessions[0].x.shape[2]
+    n = sum(len(r) for r in rows)
+    x = np.empty((n, k, t_len), dtype=np.float32)
+    region = np.empty((n, k), dtype=np.int64)
+    mask = np.zeros((n, N_GROUPS, k), dtype=np.float32)
+    i = 0
+    for sess, idx in zip(sessions, rows, strict=True):
+        ch = rng.choice(sess.x.shape[1], size=k, replace=False)
+        gain = np.exp(rng.normal(0.0, aug.gain_sd, size=(k, 1))).astype(np.float32)
+        if rng.random() < aug.p_flip:
+            gain = -gain
+        m = len(idx)
+        noise = rng.normal(0.0, aug.noise_sd, size=(m, k, t_len)).astype(np.float32)
+        x[i : i + m] = sess.x[idx][:, ch] * gain + noise
+        true_region = sess.region[ch]
+        region[i : i + m] = 0 if hide else true_region
+        for g in range(N_GROUPS):
+            mask[i : i + m, g] = true_region == g + 1
+        i += m
+    return View(torch.from_numpy(x), torch.from_numpy(region), torch.from_numpy(mask))
 
 
 def full_view(sess: SessionArrays, rows: np.ndarray) -> View:

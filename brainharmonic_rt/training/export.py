@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ..brain.encoder import EncoderSpec
+from ..brain.encoder import CODEBOOK_KEY, EncoderSpec, encode_codebook
 from ..errors import ModelError
 from .model import EEGEncoder, ExportWrapper
 
@@ -70,7 +70,7 @@ def export_onnx(encoder: EEGEncoder, spec: EncoderSpec, out: Path | str) -> floa
         inputs=["x", "region", "group_mask"],
         outputs=["global_latent", "group_latents", "token"],
         dynamic_shapes={"x": {0: b, 1: c}, "region": {0: c}, "group_mask": {0: g, 1: c}},
-        meta=spec.to_meta(),
+        meta={**spec.to_meta(), CODEBOOK_KEY: encode_codebook(encoder.codebook.detach().cpu().numpy())},
         parity=lambda path: parity(encoder, path, spec),
     )
 

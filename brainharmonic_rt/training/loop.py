@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..evaluation.sessions import SessionArrays
 from .data import AugmentConfig, Batch, PairSampler, View, full_view
 from .model import Codebook, EEGEncoder, ModelConfig, perplexity
+from .supervised import LabelledSampler, StateHead, SupervisedConfig, centred, state_loss
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,17 @@ def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     aug: AugmentConfig,
+    sup: SupervisedConfig | None = None,
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train an encoder; deterministic for a seed on a given device and thread count."""
+    """Train an encoder; deterministic for a seed on a given device and thread count.
+
+    With ``sup.weight > 0`` the rest/task labels of the training sessions add a supervised term
+    (see :mod:`.supervised`); validation sessions are never used for it.
+    """
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -151,6 +157,13 @@ def train(
     heads = Heads(model_cfg.latent_dim).to(dev)
     codebook = Codebook(encoder)
     params = list(encoder.parameters()) + list(heads.parameters())
+    sup = sup or SupervisedConfig()
+    labelled: LabelledSampler | None = None
+    state_head: StateHead | None = None
+    if sup.weight > 0:
+        labelled = LabelledSampler(train_sessions, sup, aug)
+        state_head = StateHead(model_cfg.latent_dim).to(dev)
+        params += list(state_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = PairSampler(train_sessions, aug)
     val_sampler = PairSampler(val_sessions, aug) if val_sessions else None
@@ -163,6 +176,12 @@ def train(
             group["lr"] = _lr(step, cfg)
         batch = sampler.sample(rng, cfg.pairs)
         losses = _losses(encoder, heads, codebook, batch, cfg, aug, dev)
+        if labelled is not None and state_head is not None:
+            lbatch = labelled.sample(rng)
+            z_s, _ = _forward(encoder, lbatch.view.to(dev))
+            l_state, acc = state_loss(state_head, z_s, lbatch)
+            losses["total"] = losses["total"] + sup.weight * l_state
+            losses["state"], losses["state_acc"] = l_state.detach(), acc
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -183,6 +202,8 @@ def train(
             row["restarts"] = float(codebook.restarts)
             if val_sampler is not None:
                 row.update(_validate(encoder, heads, codebook, val_sampler, val_sessions, cfg, aug, dev))
+                if state_head is not None:
+                    row.update(_validate_state(encoder, state_head, val_sessions, sup, dev))
             history.append(row)
             if log is not None:
                 log(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
@@ -245,9 +266,38 @@ def _validate(
     }
 
 
-def checkpoint(result: TrainResult, model_cfg: ModelConfig, cfg: TrainConfig, aug: AugmentConfig) -> dict[str, Any]:
+@torch.no_grad()
+def _validate_state(
+    encoder: EEGEncoder, head: StateHead, sessions: Sequence[SessionArrays], sup: SupervisedConfig, dev: torch.device
+) -> dict[str, float]:
+    """Balanced accuracy of the state head on held-out rest+task sessions (all channels, centred latents)."""
+    encoder.eval()
+    accs = []
+    for sess in sessions:
+        if tuple(sess.labels) != ("rest", "task"):
+            continue
+        rows = np.flatnonzero(sess.segment >= 0)
+        chunks = [rows[a : a + 256] for a in range(0, rows.size, 256)]
+        z = torch.cat([_forward(encoder, full_view(sess, c).to(dev))[0] for c in chunks])
+        cal = torch.from_numpy(sess.t_end[rows] - sess.t_end[0] <= sup.baseline).to(dev)
+        u = centred(z, torch.zeros(rows.size, dtype=torch.int64, device=dev), cal)
+        pred = (head(u) > 0).cpu().numpy()
+        y = sess.segment[rows]
+        accs.append(0.5 * (np.mean(pred[y == 0] == 0) + np.mean(pred[y == 1] == 1)))
+    encoder.train()
+    return {"val_state_bacc": float(np.mean(accs))} if accs else {}
+
+
+def checkpoint(
+    result: TrainResult,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    aug: AugmentConfig,
+    sup: SupervisedConfig | None = None,
+) -> dict[str, Any]:
     """Everything needed to export again or resume inspection (torch.save-able)."""
     return {
+        "supervised_config": asdict(sup or SupervisedConfig()),
         "format": 1,
         "state_dict": {k: v.detach().cpu() for k, v in result.encoder.state_dict().items()},
         "model_config": model_cfg.as_dict(),

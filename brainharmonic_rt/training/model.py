@@ -60,6 +60,7 @@ class ModelConfig:
     heads: int = 4
     codebook_size: int = 64
     n_regions: int = len(REGION_NAMES)
+    spectral_bins: int = 0  #: fixed log-spectrum features per channel (bins between 1 Hz and 40 Hz); 0 = none
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -68,22 +69,61 @@ class ModelConfig:
 class ChannelEncoder(nn.Module):
     """One channel's window (N, T) → embedding (N, E); shared across channels."""
 
+    dft: torch.Tensor
+    bins: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.filters = nn.Conv1d(1, cfg.n_filters, cfg.kernel, padding=cfg.kernel // 2, bias=False)
         self.pool = nn.AvgPool1d(cfg.pool, cfg.pool_stride)
         self.conv1 = nn.Conv1d(cfg.n_filters, cfg.hidden, 3, padding=1)
         self.conv2 = nn.Conv1d(cfg.hidden, cfg.hidden, 3, stride=2, padding=1)
-        self.out = nn.Linear(cfg.n_filters + 2 * cfg.hidden, cfg.embed_dim)
+        self.out = nn.Linear(cfg.n_filters + 2 * cfg.hidden + cfg.spectral_bins, cfg.embed_dim)
         self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.spectral = cfg.spectral_bins > 0
+        if self.spectral:
+            dft, pool = spectral_matrices(cfg)
+            self.register_buffer("dft", dft)
+            self.register_buffer("bins", pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.filters(x.unsqueeze(1))  # (N, F, T)
         power = torch.log(self.pool(y * y) + LOG_EPS)  # (N, F, T') learned band power envelope
         h = F.gelu(self.conv1(power))
         h = F.gelu(self.conv2(h))
-        feats = torch.cat([power.mean(-1), h.mean(-1), h.amax(-1)], dim=-1)
-        return self.norm(self.out(feats))
+        parts = [power.mean(-1), h.mean(-1), h.amax(-1)]
+        if self.spectral:
+            coef = (x - x.mean(-1, keepdim=True)) @ self.dft  # (N, 2 × frequencies): Hann-tapered DFT
+            n = coef.shape[-1] // 2
+            psd = coef[:, :n] ** 2 + coef[:, n:] ** 2
+            parts.append(torch.log(psd @ self.bins + LOG_EPS))  # (N, spectral_bins) log band powers
+        return self.norm(self.out(torch.cat(parts, dim=-1)))
+
+
+def spectral_matrices(cfg: ModelConfig, low: float = 1.0, high: float = 40.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed matrices of the spectral features: a Hann-tapered DFT (T, 2 × n_freq) on the window's
+    frequencies in [low, high) Hz, and an averaging matrix (n_freq, spectral_bins) into log-spaced bins.
+
+    Why fixed: band powers are what EEG state is known to move; handing them to the model exactly
+    (rather than hoping 16 learned filters find every band) costs one small matrix product per channel.
+    """
+    t = torch.arange(cfg.n_samples, dtype=torch.float64)
+    freqs = torch.fft.rfftfreq(cfg.n_samples, 1.0 / cfg.sfreq).double()
+    freqs = freqs[(freqs >= low) & (freqs < high)]
+    taper = torch.hann_window(cfg.n_samples, periodic=True, dtype=torch.float64)
+    phase = 2 * torch.pi * freqs[None, :] * t[:, None] / cfg.sfreq
+    scale = 1.0 / taper.square().sum().sqrt()
+    dft = torch.cat([taper[:, None] * torch.cos(phase), taper[:, None] * torch.sin(phase)], dim=1) * scale
+    edges = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), cfg.spectral_bins + 1)
+    pool = torch.zeros(freqs.numel(), cfg.spectral_bins, dtype=torch.float64)
+    for b in range(cfg.spectral_bins):
+        inside = (freqs >= edges[b]) & (freqs < edges[b + 1])
+        if not inside.any():  # a bin narrower than the resolution takes its nearest frequency
+            inside = (freqs - (edges[b] + edges[b + 1]) / 2).abs() == (
+                freqs - (edges[b] + edges[b + 1]) / 2
+            ).abs().min()
+        pool[inside, b] = 1.0 / inside.sum()
+    return dft.float(), pool.float()
 
 
 class EEGEncoder(nn.Module):
