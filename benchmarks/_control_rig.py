@@ -184,6 +184,24 @@ class Services:
         self._spawn(name, args, env)
         return port
 
+    def replay(self, name: str, path: Path, source_id: str) -> subprocess.Popen[bytes]:
+        """``brainharmonic replay PATH --loop`` (the whole recording, as a user runs it) under ``source_id``."""
+        args = ["-m", "brainharmonic_rt.cli", "replay", str(path), "--loop", "--source-id", source_id]
+        return self._spawn(name, [*args, "--name", source_id])
+
+    def stop(self, name: str, *, kill: bool = False, timeout: float = 30.0) -> int:
+        """Stop child ``name``: SIGTERM (its orderly stop), or SIGKILL (an outlet vanishing without a goodbye).
+
+        Returns its exit status; it is no longer checked.
+        """
+        proc = next(p for n, p in self.procs if n == name)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        return proc.wait(timeout=timeout)
+
     def web_service(
         self,
         name: str,
