@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,62 +33,10 @@ from typing import Any
 
 import numpy as np
 from _common import header
-from _control_rig import EEGMAT, Jack, JackTimedReader, Services, have
+from _control_rig import EEGMAT, HealthListener, Jack, JackTimedReader, Services, have, proc_cpu_s, proc_memory
 
 INSTANCE = "soak"
 SAMPLE_EVERY = 10.0  # s between RSS samples
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_memory(pid: int) -> dict[str, float]:
-    """VmRSS, RssAnon (private) and RssShmem (JACK shared memory) of ``pid``, MB."""
-    with open(f"/proc/{pid}/status") as fh:
-        rows = {ln.split(":")[0]: ln.split()[1] for ln in fh if ln.startswith(("VmRSS", "RssAnon", "RssShmem"))}
-    return {k: int(v) / 1024 for k, v in rows.items()}
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid``."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-class HealthListener:
-    """The service's ``telemetry/health``, read as the ``controller`` user; paho reconnects by itself."""
-
-    def __init__(self, broker: Any) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.latest: dict[str, Any] = {}
-        self.messages = 0
-        self.connects = 0
-        self._lock = threading.Lock()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bh-soak-{uuid.uuid4().hex[:6]}")
-        self._client.username_pw_set("controller", broker.users["controller"])
-        self._client.reconnect_delay_set(0.2, 2.0)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.connect(broker.host, broker.port)
-        self._client.loop_start()
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
-        self.connects += 1
-        client.subscribe(f"brainharmonic/{INSTANCE}/telemetry/health")
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        body = json.loads(msg.payload)
-        with self._lock:
-            self.latest = body
-            self.messages += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return dict(self.latest)
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
 
 
 def slope_mb_per_h(t_s: np.ndarray, mb: np.ndarray) -> float:
@@ -99,18 +46,27 @@ def slope_mb_per_h(t_s: np.ndarray, mb: np.ndarray) -> float:
     return float(np.polyfit(t_s / 3600.0, mb, 1)[0])
 
 
-def port_lateness(msgs: list[tuple[float, list[int]]], notes: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Port note-ons matched in order with ``notes.jsonl`` rows: (arrival monotonic, arrival - note time) s.
+def port_lateness(
+    msgs: list[tuple[float, list[int]]], notes: list[dict[str, Any]], lookahead: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Port note-ons matched with ``notes.jsonl`` rows: (arrival monotonic, arrival - note time) s.
 
-    Both are in dispatch order (the recorder writes a note when its note_on goes out). Pairs whose
-    pitch and channel disagree are left out (and counted by the caller from the lengths).
+    Both are in dispatch order (the recorder writes a note when its note_on goes out), but one side
+    can miss a row (a note_on at the very end, a message the reader lost), so each note-on is matched
+    with the first row of the same pitch and channel among the next ``lookahead`` unmatched rows;
+    a note-on with none is left out (the caller prints both counts).
     """
-    ons = [(t, m) for t, m in msgs if m[0] & 0xF0 == 0x90 and m[2] > 0]
     arrivals, offsets = [], []
-    for (t, m), n in zip(ons, notes, strict=False):
-        if m[1] == n["pitch"] and m[0] & 0x0F == n["channel"]:
-            arrivals.append(t)
-            offsets.append(t - n["time"])
+    j = 0
+    for t, m in msgs:
+        if m[0] & 0xF0 != 0x90 or m[2] == 0:
+            continue
+        for i in range(j, min(j + lookahead, len(notes))):
+            if notes[i]["pitch"] == m[1] and notes[i]["channel"] == m[0] & 0x0F:
+                arrivals.append(t)
+                offsets.append(t - notes[i]["time"])
+                j = i + 1
+                break
     return np.array(arrivals), np.array(offsets)
 
 
@@ -157,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     crashes: list[str] = []
     with Jack() as jack, MosquittoBroker(work / "mq") as broker, Services(work) as svc:
-        svc.replay("replay", path, sid)
+        svc.replay("replay-0", path, sid)
         port = svc.service(
             INSTANCE,
             sid,
@@ -168,10 +124,10 @@ def run(args: argparse.Namespace) -> None:
         )
         run_proc = next(p for n, p in svc.procs if n == INSTANCE)
         reader = JackTimedReader(port, 120.0)
-        health = HealthListener(broker)
+        health = HealthListener(broker, INSTANCE)
         print(f"# JACK period {jack.period} frames @ 48 kHz; service pid {run_proc.pid}", flush=True)
         start = time.monotonic()
-        block_start, k, prev_cpu, prev_health = start, 0, proc_cpu_s(run_proc.pid), health.snapshot()
+        block_start, k, prev_cpu, prev_health = start, 0, proc_cpu_s(run_proc.pid), health.snapshot(INSTANCE)
         next_sample = start
         block_edges = [start]
         while True:
@@ -184,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
                 samples.append((now - start, proc_memory(run_proc.pid), proc_cpu_s(run_proc.pid)))
                 next_sample += SAMPLE_EVERY
             if now - block_start >= block:
-                snap = health.snapshot()
+                snap = health.snapshot(INSTANCE)
                 cpu = proc_cpu_s(run_proc.pid)
                 row = block_row(k, snap, prev_health, (cpu - prev_cpu) / (now - block_start) * 100)
                 rows.append(row | {"rss": proc_memory(run_proc.pid).get("VmRSS")})
@@ -194,14 +150,14 @@ def run(args: argparse.Namespace) -> None:
                 k += 1
                 if k >= n_blocks:
                     break
-                svc.stop("replay", kill=True)  # the stream vanishes
+                svc.stop(f"replay-{k - 1}", kill=True)  # the stream vanishes
                 if k % args.broker_every == 0:
                     broker.restart()
                 time.sleep(2.0)
-                svc.replay("replay", path, sid)
+                svc.replay(f"replay-{k}", path, sid)
                 continue
             time.sleep(0.5)
-        final_health = health.snapshot()
+        final_health = health.snapshot(INSTANCE)
         health.close()
         if not crashes:
             code = svc.stop(INSTANCE, timeout=60)
@@ -210,6 +166,7 @@ def run(args: argparse.Namespace) -> None:
         time.sleep(1.0)  # the last note-offs reach the reader
         msgs = reader.messages()
         reader.close()
+    (work / "port.json").write_text(json.dumps(msgs))  # the port as read, for a second look
     report(work, samples, rows, crashes, msgs, block_edges, final_health, health)
 
 
