@@ -63,11 +63,16 @@ def jack_period() -> int | None:
 
 
 class Jack:
-    """Use the running JACK server, or start a dummy one (64-frame periods) and stop it at the end."""
+    """Use the running JACK server, or start a dummy one (64-frame periods) and stop it at the end.
 
-    def __init__(self, period: int = 64) -> None:
+    ``private=True`` always starts a named server of its own (long runs on a shared machine).
+    """
+
+    def __init__(self, period: int = 64, *, private: bool = False) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.period = period
+        if private:  # a server of our own (children inherit the name): another job's server going away is no harm
+            os.environ["JACK_DEFAULT_SERVER"] = f"bh-bench-{uuid.uuid4().hex[:8]}"
 
     def __enter__(self) -> Jack:
         if subprocess.run(["jack_lsp"], capture_output=True, timeout=10).returncode != 0:

@@ -166,7 +166,7 @@ def main() -> None:
     print(f"# {os.cpu_count()} cores; load average at start {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
     work = Path(tempfile.mkdtemp(prefix="bh-bench-capacity-"))
     best = 0
-    with Jack() as jack:
+    with Jack(private=True) as jack:
         print(f"# JACK period {jack.period} frames @ 48 kHz; work folder {work}")
         for n in (int(x) for x in args.counts.split(",")):
             rows = measure(n, args.seconds, args.warmup, work)
