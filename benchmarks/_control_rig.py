@@ -9,6 +9,7 @@ machine next to three services); the benchmark process only reads the MIDI ports
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,12 +25,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 EEGMAT = Path(os.environ.get("BRAINHARMONIC_DATA", ROOT.parent / "shared" / "data" / "eeg" / "eegmat"))
 
-# Isolate LSL discovery before liblsl loads (as tests/conftest.py does).
-_LSL_DIR = Path(tempfile.mkdtemp(prefix="bh-bench-lsl-"))
-(_LSL_DIR / "lsl_api.cfg").write_text(
-    f"[multicast]\nResolveScope = link\n\n[lab]\nSessionID = bh-bench-{uuid.uuid4().hex[:12]}\n\n[log]\nlevel = -2\n"
-)
-os.environ["LSLAPICFG"] = str(_LSL_DIR / "lsl_api.cfg")
+# Isolate LSL discovery before liblsl loads (as tests/conftest.py does). A bench's own child processes
+# (multiprocessing "spawn" imports this module again) keep the parent's session, or they would not see each other.
+if "BH_BENCH_LSLAPICFG" not in os.environ:
+    _LSL_DIR = Path(tempfile.mkdtemp(prefix="bh-bench-lsl-"))
+    _SESSION = f"bh-bench-{uuid.uuid4().hex[:12]}"
+    (_LSL_DIR / "lsl_api.cfg").write_text(
+        f"[multicast]\nResolveScope = link\n\n[lab]\nSessionID = {_SESSION}\n\n[log]\nlevel = -2\n"
+    )
+    os.environ["BH_BENCH_LSLAPICFG"] = str(_LSL_DIR / "lsl_api.cfg")
+os.environ["LSLAPICFG"] = os.environ["BH_BENCH_LSLAPICFG"]
 os.environ["JACK_NO_START_SERVER"] = "1"
 
 SERVICE_TOML = """\
@@ -58,11 +63,16 @@ def jack_period() -> int | None:
 
 
 class Jack:
-    """Use the running JACK server, or start a dummy one (64-frame periods) and stop it at the end."""
+    """Use the running JACK server, or start a dummy one (64-frame periods) and stop it at the end.
 
-    def __init__(self, period: int = 64) -> None:
+    ``private=True`` always starts a named server of its own (long runs on a shared machine).
+    """
+
+    def __init__(self, period: int = 64, *, private: bool = False) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.period = period
+        if private:  # a server of our own (children inherit the name): another job's server going away is no harm
+            os.environ["JACK_DEFAULT_SERVER"] = f"bh-bench-{uuid.uuid4().hex[:8]}"
 
     def __enter__(self) -> Jack:
         if subprocess.run(["jack_lsp"], capture_output=True, timeout=10).returncode != 0:
@@ -184,6 +194,24 @@ class Services:
         self._spawn(name, args, env)
         return port
 
+    def replay(self, name: str, path: Path, source_id: str) -> subprocess.Popen[bytes]:
+        """``brainharmonic replay PATH --loop`` (the whole recording, as a user runs it) under ``source_id``."""
+        args = ["-m", "brainharmonic_rt.cli", "replay", str(path), "--loop", "--source-id", source_id]
+        return self._spawn(name, [*args, "--name", source_id])
+
+    def stop(self, name: str, *, kill: bool = False, timeout: float = 30.0) -> int:
+        """Stop child ``name``: SIGTERM (its orderly stop), or SIGKILL (an outlet vanishing without a goodbye).
+
+        Returns its exit status; it is no longer checked.
+        """
+        proc = next(p for n, p in self.procs if n == name)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        return proc.wait(timeout=timeout)
+
     def web_service(
         self,
         name: str,
@@ -254,3 +282,56 @@ def have(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None and shutil.which(t, path="/usr/sbin:/sbin") is None]
     if missing:
         raise SystemExit(f"missing tools: {', '.join(missing)}")
+
+
+class HealthListener:
+    """The services' ``telemetry/health`` (the latest per instance), read as ``controller``; paho reconnects."""
+
+    def __init__(self, broker: Any, instance: str = "+") -> None:
+        import paho.mqtt.client as mqtt
+
+        self._latest: dict[str, dict[str, Any]] = {}
+        self.messages = 0
+        self.connects = 0
+        self._topic = f"brainharmonic/{instance}/telemetry/health"
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bh-bench-{uuid.uuid4().hex[:6]}")
+        self._client.username_pw_set("controller", broker.users["controller"])
+        self._client.reconnect_delay_set(0.2, 2.0)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        self.connects += 1
+        client.subscribe(self._topic)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        body = json.loads(msg.payload)
+        with self._lock:
+            self._latest[msg.topic.split("/")[1]] = body
+            self.messages += 1
+
+    def snapshot(self, instance: str) -> dict[str, Any]:
+        """The latest health payload of ``instance`` ({} before its first)."""
+        with self._lock:
+            return dict(self._latest.get(instance, {}))
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def proc_memory(pid: int) -> dict[str, float]:
+    """VmRSS, RssAnon (private) and RssShmem (JACK shared memory) of ``pid``, MB."""
+    with open(f"/proc/{pid}/status") as fh:
+        rows = {ln.split(":")[0]: ln.split()[1] for ln in fh if ln.startswith(("VmRSS", "RssAnon", "RssShmem"))}
+    return {k: int(v) / 1024 for k, v in rows.items()}
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid``."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
