@@ -41,6 +41,9 @@ async def main(args: argparse.Namespace) -> None:
     from brainharmonic_rt.pipeline import LivePipeline
     from brainharmonic_rt.sources.brainflow import BrainFlowSource
 
+    # Join after the peer: a run that joined first would give the session its own tempo (Link keeps the tempo
+    # of the session it finds), which a loaded machine's slow peer start made happen once.
+    await asyncio.sleep(args.after)
     settings = load_settings(
         board={"name": "synthetic"},
         signal={"window": 1.0, "hop": 0.25, "baseline": 2.0},
@@ -83,6 +86,7 @@ if __name__ == "__main__":
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--lead", action="store_true")
+    p.add_argument("--after", type=float, default=0.0, help="Seconds to wait before joining (the peer first).")
     p.add_argument("--retime-at", type=float)
     p.add_argument("--retime-bpm", type=float, default=140.0)
     asyncio.run(main(p.parse_args()))

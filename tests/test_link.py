@@ -99,7 +99,7 @@ def test_live_run_follows_link_tempo_bar_phase_and_start_stop(tmp_path: Path) ->
     in_netns(
         [sys.executable, str(HERE / "linkpeer.py"), "--out", str(daw), "--seconds", "34", "--start", str(start),
          "--bpm", "123", "--script", "0:play;12:tempo=100;17:stop;20:play"],
-        [sys.executable, str(HERE / "linkrun.py"), "--out", str(run), "--seconds", "24"],
+        [sys.executable, str(HERE / "linkrun.py"), "--out", str(run), "--seconds", "24", "--after", "1.5"],
     )  # fmt: skip
     peer, res = _log(daw), json.loads(run.read_text())
     assert res["stats"]["peers"] == 1
