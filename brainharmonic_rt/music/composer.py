@@ -13,10 +13,12 @@ either mode.
 
 from __future__ import annotations
 
+import collections
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from ..brain.latent_map import SessionCentres
 from ..config import GestureSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError
 from ..events import BrainState, Note
@@ -327,8 +329,9 @@ class Composer(ABC, Generic[V]):
         v.inst = v.inst.model_copy(update={"program": int(program)})
 
 
-class BeatBars:
-    """Bars started by beat position, for composers that decode ahead voice by voice (both learned ones).
+class AheadDecoding:
+    """What the two learned composers share: they decode ahead voice by voice, so they start bars by beat
+    position, open and close each composed span the same way, and rewind to a snapshot taken at a span start.
 
     The first voice to reach a bar starts it in the plan; after a key change (:meth:`_replan`) the bar in
     progress is planned again from the next beat decoded, so the arbiter guards the new key at once.
@@ -336,9 +339,50 @@ class BeatBars:
 
     _bar: int  #: index of the last bar started
     _revise_bar: bool = False
+    _started: bool
+    _frontier: float | None
+    _feeds_centres: bool
+    _snapshots: collections.deque[Any]  #: span starts, each with a ``start`` (music time)
+    centres: SessionCentres
     plan: HarmonicPlan
     arbiter: Arbiter
     _timeline: Timeline
+
+    if TYPE_CHECKING:  # from Composer, which comes after this mixin in the learned composers' bases
+
+        def observe_signal(self, state: BrainState, at: float) -> None: ...
+
+    def _time(self, beat: float) -> float:
+        return self._timeline.time_of_beat(beat)
+
+    def _open_span(self, state: BrainState, start: float, end: float) -> bool:
+        """Take ``state`` in before composing ``[start, end)``; False: the span is empty."""
+        if self._feeds_centres:
+            self.centres.observe(state)
+        if end <= start:
+            return False
+        if not self._started:
+            self._timeline.reset(start)
+            self._started = True
+        self.plan.observe(state)
+        self.observe_signal(state, start)
+        return True
+
+    def _close_span(self, notes: list[Note], end: float) -> list[Note]:
+        self._frontier = end if self._frontier is None else max(self._frontier, end)
+        notes.sort(key=lambda n: (n.time, n.channel, n.pitch))
+        return notes
+
+    def _span_before(self, t: float) -> Any:
+        """For a rewind to ``t``: the latest kept span start at or before ``t`` (None: nothing that old is kept,
+        the change applies from the composed frontier); notes from ``t`` on leave the arbiter."""
+        self.arbiter.rewind(t)
+        while self._snapshots and self._snapshots[-1].start > t + 1e-9:
+            self._snapshots.pop()
+        if not self._snapshots:
+            return None
+        self._frontier = t
+        return self._snapshots[-1]
 
     def _replan(self) -> None:
         self._revise_bar = True
@@ -347,10 +391,10 @@ class BeatBars:
         """Start every plan bar up to the one holding ``beat``; first re-plan the bar in progress if asked."""
         if self._revise_bar and self._bar >= 0:
             self._revise_bar = False
-            self._begin_bar(self._bar, self._timeline.time_of_beat(max(beat, self._bar * BEATS_PER_BAR)))
+            self._begin_bar(self._bar, self._time(max(beat, self._bar * BEATS_PER_BAR)))
         while self._bar < int(beat // BEATS_PER_BAR + 1e-9):
             self._bar += 1
-            self._begin_bar(self._bar, self._timeline.time_of_beat(self._bar * BEATS_PER_BAR))
+            self._begin_bar(self._bar, self._time(self._bar * BEATS_PER_BAR))
 
     def _begin_bar(self, index: int, t: float) -> None:
         tempo = self._timeline.tempo

@@ -35,7 +35,7 @@ from ..brain.latent_map import LatentMap, SessionCentres
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ConfigError
 from ..events import BrainState, Note
-from .composer import SILENT_BELOW, BeatBars, Composer
+from .composer import SILENT_BELOW, AheadDecoding, Composer
 from .ensemble_grid import (
     LOW_PITCH,
     N_EVENT,
@@ -111,7 +111,7 @@ class _SpanStart:
     voices: list[tuple[Any, ...]]
 
 
-class EnsembleLearnedComposer(BrainSteering, BeatBars, Composer[_EVoice]):
+class EnsembleLearnedComposer(BrainSteering, AheadDecoding, Composer[_EVoice]):
     """Brain states → notes from the ensemble model (same contract as the other composers)."""
 
     def __init__(
@@ -197,17 +197,13 @@ class EnsembleLearnedComposer(BrainSteering, BeatBars, Composer[_EVoice]):
     def rewind(self, t: float) -> None:
         """Forget notes composed with onsets at or after ``t``: back to the last span start at or before ``t``
         (kept for :data:`KEPT_SNAPSHOTS` spans); with none that old, changes apply from the frontier."""
-        self.arbiter.rewind(t)
-        while self._snapshots and self._snapshots[-1].start > t + 1e-9:
-            self._snapshots.pop()
-        if not self._snapshots:
+        snap = self._span_before(t)
+        if snap is None:
             return
-        snap = self._snapshots[-1]
         self._step, self._state = snap.step, snap.state.copy()
         self._global, self._global_pending = snap.global_latent
         for v, saved in zip(self._voices, snap.voices, strict=True):
             v.restore(saved)
-        self._frontier = t
 
     def _set_key(self, key: str, scale: str) -> None:
         self._transpose, self._mode = key_offset(tonic_pc(key), scale)
@@ -245,15 +241,8 @@ class EnsembleLearnedComposer(BrainSteering, BeatBars, Composer[_EVoice]):
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets in ``[start, end)`` (music seconds) for the brain state ``state``."""
-        if self._feeds_centres:
-            self.centres.observe(state)
-        if end <= start:
+        if not self._open_span(state, start, end):
             return []
-        if not self._started:
-            self._timeline.reset(start)
-            self._started = True
-        self.plan.observe(state)
-        self.observe_signal(state, start)
         self._snapshots.append(
             _SpanStart(
                 start,
@@ -270,12 +259,7 @@ class EnsembleLearnedComposer(BrainSteering, BeatBars, Composer[_EVoice]):
         out: list[Note] = []
         while self._time(self._offset + self._step / STEPS_PER_BEAT) < end - 1e-9:
             out.extend(self._advance(start))
-        self._frontier = end if self._frontier is None else max(self._frontier, end)
-        out.sort(key=lambda n: (n.time, n.channel, n.pitch))
-        return out
-
-    def _time(self, beat: float) -> float:
-        return self._timeline.time_of_beat(beat)
+        return self._close_span(out, end)
 
     def _advance(self, start: float) -> list[Note]:
         """Decode one grid step for every voice (one ONNX call); return the admitted notes from ``start`` on."""

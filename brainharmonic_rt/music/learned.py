@@ -40,7 +40,7 @@ from ..brain.latent_map import DEFAULT_MAP, LatentMap, SessionCentres
 from ..config import GeneratorSettings, HarmonySettings, InstrumentSettings, MusicSettings
 from ..errors import ModelError
 from ..events import BrainState, Note
-from .composer import SILENT_BELOW, BeatBars, Composer
+from .composer import SILENT_BELOW, AheadDecoding, Composer
 from .constants import FORBID, HAT, KICK, SNARE
 from .generator import GeneratorModel, Voice, VoiceState, step_voices
 from .scales import pitch_classes
@@ -133,7 +133,7 @@ class _SpanStart:
     voices: list[_VoiceSnapshot]
 
 
-class LearnedComposer(BrainSteering, BeatBars, Composer[_LVoice]):
+class LearnedComposer(BrainSteering, AheadDecoding, Composer[_LVoice]):
     """Brain states → notes from the generator, one voice per instrument (same contract as ClassicComposer).
 
     Parameters
@@ -231,17 +231,13 @@ class LearnedComposer(BrainSteering, BeatBars, Composer[_LVoice]):
     def rewind(self, t: float) -> None:
         """Forget notes composed with onsets at or after ``t``: the voices go back to the last span start at
         or before ``t`` (kept for :data:`KEPT_SNAPSHOTS` spans) and decode again from there."""
-        self.arbiter.rewind(t)
-        while self._snapshots and self._snapshots[-1].start > t + 1e-9:
-            self._snapshots.pop()
-        if not self._snapshots:
+        snap = self._span_before(t)
+        if snap is None:
             return  # nothing that old is kept: the change applies from the composed frontier
-        snap = self._snapshots[-1]
         for v, saved in zip(self._voices, snap.voices, strict=True):
             v.voice.restore(saved.voice)
             v.latent, v.pending = saved.latent, saved.pending
             v.thin_rng.bit_generator.state = copy.deepcopy(saved.thin_rng)
-        self._frontier = t
 
     def _check_instrument(self, inst: InstrumentSettings, key: str, scale: str) -> None:
         super()._check_instrument(inst, key, scale)
@@ -262,15 +258,8 @@ class LearnedComposer(BrainSteering, BeatBars, Composer[_LVoice]):
 
     def compose(self, state: BrainState, start: float, end: float) -> list[Note]:
         """Notes with onsets in ``[start, end)`` (music seconds) for the brain state ``state``."""
-        if self._feeds_centres:
-            self.centres.observe(state)
-        if end <= start:
+        if not self._open_span(state, start, end):
             return []
-        if not self._started:
-            self._timeline.reset(start)
-            self._started = True
-        self.plan.observe(state)
-        self.observe_signal(state, start)
         for v in self._voices:
             v.pending = self.music_latent(state, v.name)
         n = len(self._voices)
@@ -281,12 +270,7 @@ class LearnedComposer(BrainSteering, BeatBars, Composer[_LVoice]):
         out: list[Note] = []
         budget = int(TOKENS_PER_BEAT_BUDGET * ((end - start) / (60.0 / self.tempo) + 1))
         out.extend(self._decode(order, start, end, budget))
-        self._frontier = end if self._frontier is None else max(self._frontier, end)
-        out.sort(key=lambda n: (n.time, n.channel, n.pitch))
-        return out
-
-    def _time(self, beat: float) -> float:
-        return self._timeline.time_of_beat(beat)
+        return self._close_span(out, end)
 
     def _veto(self, v: _LVoice) -> Callable[[int], np.ndarray | None] | None:
         """The arbiter's say on a sampled pitch: None (allowed) or its full mask to sample again with."""
