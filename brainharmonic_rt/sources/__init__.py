@@ -14,8 +14,9 @@ from .base import Marker, Source
 
 
 def _quiet_liblsl() -> None:
-    """Before liblsl loads: unless the user configured liblsl, log only its errors (its INFO lines at every
-    start, and "Stream transmission broke off" at a normal stop, are noise to a performer)."""
+    """Before liblsl loads: unless the user configured liblsl, log only its fatal errors (its INFO lines at
+    every start, and "Stream transmission broke off" at a normal stop, are noise to a performer; stream
+    loss and return are said by brainharmonic itself)."""
     own = (Path("lsl_api.cfg"), Path.home() / "lsl_api" / "lsl_api.cfg", Path("/etc/lsl_api/lsl_api.cfg"))
     if "LSLAPICFG" not in os.environ and not any(p.is_file() for p in own):
         os.environ["LSLAPICFG"] = str(Path(__file__).with_name("lsl_api.cfg"))
